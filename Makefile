@@ -1,0 +1,39 @@
+# Atoll — two commands on a fresh Debian machine with Python 3.11:
+#   make serve   create .venv, install Atoll, start it on the embedded default (S3 on 127.0.0.1:9000)
+#   make test    install what the tests need (Python packages, Debian packages) and run the suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+
+.PHONY: serve test test-deps bench install clean
+
+$(VENV)/.created:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || (bash scripts/apt-install.sh python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
+	@$(PIP) install -q --upgrade pip
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.created pyproject.toml
+	@$(PIP) install -q -e .
+	@touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed pyproject.toml
+	@$(PIP) install -q -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/atoll serve $(ARGS)
+
+test-deps: $(VENV)/.test-installed
+	@bash scripts/install-test-deps.sh
+
+test: test-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.test-installed
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) atoll-data .pytest_cache

@@ -1,0 +1,2 @@
+"""Request authentication for the S3 front end: SigV4 header and presigned-URL verification (``sigv4``) and the
+incremental aws-chunked body decoder with chunk and trailer signature checks (``chunked``)."""

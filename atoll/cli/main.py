@@ -1,0 +1,261 @@
+"""The ``atoll`` command: serve, keys, buckets, version.
+
+Administrative commands work directly on the data directory's metadata store, so they run with or without a
+server (SQLite serialises writers across processes). Every failure prints one clear line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from atoll import __version__
+from atoll.config import Config, ConfigError, load
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Atoll: a warm object tier for GPU clusters.")
+key_app = typer.Typer(no_args_is_help=True, help="S3 identities (access keys).")
+bucket_app = typer.Typer(no_args_is_help=True, help="Buckets.")
+app.add_typer(key_app, name="key")
+app.add_typer(bucket_app, name="bucket")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (also ATOLL_CONFIG).")
+DataDirOpt = typer.Option(None, "--data-dir", help="Data directory (default ./atoll-data; ATOLL_DATA_DIR).")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _config(config_file: Optional[str], **flags: Any) -> Config:
+    try:
+        return load(config_file, flags)
+    except ConfigError as exc:
+        err.print("[bold red]error:[/] invalid configuration:", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  - {problem}", highlight=False)
+        raise typer.Exit(2)
+
+
+def _with_store(config: Config, fn):
+    """Run ``fn(namespace)`` against the metadata store of ``config``'s data directory."""
+    from atoll.core.namespace import Namespace
+    from atoll.server.lifecycle import StartupError, open_stores
+
+    try:
+        meta, data = open_stores(config)
+    except StartupError as exc:
+        _fail(str(exc))
+    try:
+        return asyncio.run(fn(Namespace(meta, data, region=config.region)))
+    finally:
+        meta.close_sync()
+
+
+@app.command()
+def serve(
+    config_file: Optional[str] = ConfigOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    s3_address: Optional[str] = typer.Option(None, "--s3-address", help="HOST:PORT for S3 (default 127.0.0.1:9000)."),
+    s3_domain: Optional[list[str]] = typer.Option(None, "--s3-domain", help="Domain for virtual-hosted style."),
+    region: Optional[str] = typer.Option(None, "--region", help="Region reported to clients (default us-east-1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Serving processes sharing the port."),
+    access_log: Optional[str] = typer.Option(None, "--access-log", help='Access log path, "-" for stderr, "off".'),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Run the Atoll server."""
+    config = _config(config_file, data_dir=data_dir, s3_address=s3_address, s3_domains=s3_domain or None,
+                     region=region, workers=workers, access_log=access_log, log_level=log_level)
+    from atoll.server.lifecycle import StartupError, ensure_malloc_env, serve as run
+
+    ensure_malloc_env()
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(config)
+    except StartupError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def version() -> None:
+    """Print the Atoll version."""
+    console.print(f"atoll {__version__}")
+
+
+# keys ----------------------------------------------------------------------------------------------------
+@key_app.command("create")
+def key_create(
+    name: str = typer.Option(..., "--name", help="Display name of the new identity."),
+    as_json: bool = typer.Option(False, "--json", help="Print the identity as one JSON object."),
+    config_file: Optional[str] = ConfigOpt,
+    data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Create an identity with a new access key and secret."""
+    if not name.strip() or len(name) > 128:
+        _fail("--name must be 1 to 128 characters")
+    config = _config(config_file, data_dir=data_dir)
+    identity = _with_store(config, lambda ns: ns.create_identity(name))
+    record = {"access_key_id": identity.access_key, "secret_access_key": identity.secret_key,
+              "owner_id": identity.owner_id, "display_name": identity.display_name}
+    if as_json:
+        sys.stdout.write(json.dumps(record) + "\n")
+        return
+    console.print(f"access key id:     {identity.access_key}\nsecret access key: {identity.secret_key}\n"
+                  f"owner id:          {identity.owner_id}\ndisplay name:      {identity.display_name}",
+                  highlight=False)
+
+
+@key_app.command("list")
+def key_list(as_json: bool = typer.Option(False, "--json"), config_file: Optional[str] = ConfigOpt,
+             data_dir: Optional[str] = DataDirOpt) -> None:
+    """List identities (secrets are never shown)."""
+    config = _config(config_file, data_dir=data_dir)
+    identities = _with_store(config, lambda ns: ns.meta.list_identities())
+    if as_json:
+        sys.stdout.write(json.dumps([{"access_key_id": i.access_key, "owner_id": i.owner_id,
+                                      "display_name": i.display_name, "root": i.is_root} for i in identities]) + "\n")
+        return
+    table = Table("access key id", "display name", "owner id", "root")
+    for i in identities:
+        table.add_row(i.access_key, i.display_name, i.owner_id[:16] + "…", "yes" if i.is_root else "")
+    console.print(table)
+
+
+@key_app.command("delete")
+def key_delete(access_key: str, config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt) -> None:
+    """Delete an identity. Its buckets stay; the root identity cannot be deleted."""
+    config = _config(config_file, data_dir=data_dir)
+
+    async def run(ns):
+        found = await ns.meta.get_identity(access_key)
+        if found is None:
+            return "missing"
+        if found.is_root:
+            return "root"
+        await ns.meta.delete_identity(access_key)
+        return "ok"
+
+    outcome = _with_store(config, run)
+    if outcome == "missing":
+        _fail(f"no identity with access key {access_key}")
+    if outcome == "root":
+        _fail("the root identity cannot be deleted (set ATOLL_ROOT_ACCESS_KEY/SECRET_KEY to rotate it)")
+    console.print(f"deleted {access_key}")
+
+
+# buckets -------------------------------------------------------------------------------------------------
+def _identity_for(ns, owner: Optional[str]):
+    async def pick():
+        identities = await ns.meta.list_identities()
+        if owner is None:
+            roots = [i for i in identities if i.is_root]
+            return roots[0] if roots else None
+        return next((i for i in identities if owner in (i.access_key, i.display_name)), None)
+    return pick()
+
+
+@bucket_app.command("create")
+def bucket_create(name: str, owner: Optional[str] = typer.Option(None, "--owner", help="Access key or display name "
+                                                                  "of the owner (default root)."),
+                  config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt) -> None:
+    """Create a bucket."""
+    from atoll import errors
+
+    config = _config(config_file, data_dir=data_dir)
+
+    async def run(ns):
+        identity = await _identity_for(ns, owner)
+        if identity is None:
+            return "no such owner (start the server once to create the root identity)"
+        try:
+            await ns.create_bucket(identity, name)
+        except errors.AtollError as exc:
+            return exc.message
+        return None
+
+    problem = _with_store(config, run)
+    if problem:
+        _fail(problem)
+    console.print(f"created bucket {name}")
+
+
+@bucket_app.command("list")
+def bucket_list(as_json: bool = typer.Option(False, "--json"), config_file: Optional[str] = ConfigOpt,
+                data_dir: Optional[str] = DataDirOpt) -> None:
+    """List all buckets with their owners."""
+    config = _config(config_file, data_dir=data_dir)
+
+    async def run(ns):
+        owners = {i.owner_id: i.display_name for i in await ns.meta.list_identities()}
+        return [(b, owners.get(b.owner_id, b.owner_id[:16])) for b in await ns.meta.list_buckets()]
+
+    rows = _with_store(config, run)
+    if as_json:
+        sys.stdout.write(json.dumps([{"name": b.name, "owner": o, "created": b.created} for b, o in rows]) + "\n")
+        return
+    table = Table("bucket", "owner", "region")
+    for bucket, owner_name in rows:
+        table.add_row(bucket.name, owner_name, bucket.region)
+    console.print(table)
+
+
+@bucket_app.command("show")
+def bucket_show(name: str, config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt) -> None:
+    """Show a bucket: owner, objects, bytes."""
+    config = _config(config_file, data_dir=data_dir)
+
+    async def run(ns):
+        bucket = await ns.meta.get_bucket(name)
+        if bucket is None:
+            return None
+        objects, size = await ns.meta.count_objects(name)
+        owners = {i.owner_id: i.display_name for i in await ns.meta.list_identities()}
+        return bucket, owners.get(bucket.owner_id, bucket.owner_id), objects, size
+
+    found = _with_store(config, run)
+    if found is None:
+        _fail(f"no bucket named {name}")
+    bucket, owner_name, objects, size = found
+    console.print(f"bucket:  {bucket.name}\nowner:   {owner_name}\nregion:  {bucket.region}\n"
+                  f"objects: {objects}\nbytes:   {size}", highlight=False)
+
+
+@bucket_app.command("delete")
+def bucket_delete(name: str, config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt) -> None:
+    """Delete an empty bucket."""
+    from atoll import errors
+
+    config = _config(config_file, data_dir=data_dir)
+
+    async def run(ns):
+        try:
+            await ns.meta.delete_bucket(name)
+        except errors.AtollError as exc:
+            return exc.message
+        return None
+
+    problem = _with_store(config, run)
+    if problem:
+        _fail(problem)
+    console.print(f"deleted bucket {name}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Configuration: defaults, then a TOML file, then ``ATOLL_*`` environment variables, then command-line flags.
+
+Loaded once at start and validated as a whole; every bad setting is reported with its name, where it came from
+and what is expected — never a traceback. The result is a frozen ``Config`` passed down explicitly.
+
+Example ``atoll.toml``::
+
+    data_dir = "/srv/atoll"
+    s3_address = "0.0.0.0:9000"
+    s3_domains = ["s3.island.local"]   # virtual-hosted style: <bucket>.s3.island.local
+    region = "us-east-1"
+    workers = 2
+    access_log = "/var/log/atoll/access.log"   # "-" for stderr, "off" for none
+    log_level = "info"
+    shutdown_grace = 30
+    [timeouts]
+    keep_alive = 60
+    request_head = 30
+    stall = 60
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+
+class ConfigError(Exception):
+    """One or more settings are invalid; ``problems`` lists them, one human sentence each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    data_dir: str = "./atoll-data"
+    s3_address: str = "127.0.0.1:9000"
+    s3_domains: tuple[str, ...] = ()
+    region: str = "us-east-1"
+    workers: int = 1
+    metadata: str = ""  # "" = SQLite at <data_dir>/meta.sqlite3
+    access_log: str = ""  # "" = <data_dir>/logs/access.log
+    log_level: str = "info"
+    shutdown_grace: float = 30.0
+    keep_alive_timeout: float = 60.0
+    request_head_timeout: float = 30.0
+    stall_timeout: float = 60.0
+    max_clock_skew: float = 900.0
+    min_part_size: int = 5 << 20
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def s3_host(self) -> str:
+        return self.s3_address.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def s3_port(self) -> int:
+        return int(self.s3_address.rsplit(":", 1)[1])
+
+    @property
+    def metadata_path(self) -> str:
+        if self.metadata:
+            return self.metadata.removeprefix("sqlite://")
+        return os.path.join(self.data_dir, "meta.sqlite3")
+
+    @property
+    def access_log_path(self) -> str:
+        if self.access_log == "":
+            return os.path.join(self.data_dir, "logs", "access.log")
+        return self.access_log
+
+
+# setting name -> (type, file key path, env var)
+_SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
+    "data_dir": (str, ("data_dir",), "ATOLL_DATA_DIR"),
+    "s3_address": (str, ("s3_address",), "ATOLL_S3_ADDRESS"),
+    "s3_domains": (tuple, ("s3_domains",), "ATOLL_S3_DOMAINS"),
+    "region": (str, ("region",), "ATOLL_REGION"),
+    "workers": (int, ("workers",), "ATOLL_WORKERS"),
+    "metadata": (str, ("metadata",), "ATOLL_METADATA"),
+    "access_log": (str, ("access_log",), "ATOLL_ACCESS_LOG"),
+    "log_level": (str, ("log_level",), "ATOLL_LOG_LEVEL"),
+    "shutdown_grace": (float, ("shutdown_grace",), "ATOLL_SHUTDOWN_GRACE"),
+    "keep_alive_timeout": (float, ("timeouts", "keep_alive"), "ATOLL_KEEP_ALIVE_TIMEOUT"),
+    "request_head_timeout": (float, ("timeouts", "request_head"), "ATOLL_REQUEST_HEAD_TIMEOUT"),
+    "stall_timeout": (float, ("timeouts", "stall"), "ATOLL_STALL_TIMEOUT"),
+    "max_clock_skew": (float, ("max_clock_skew",), "ATOLL_MAX_CLOCK_SKEW"),
+    "min_part_size": (int, ("min_part_size",), "ATOLL_MIN_PART_SIZE"),
+}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _coerce(name: str, kind: type, value: Any, source: str, problems: list[str]) -> Any:
+    try:
+        if kind is tuple:
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        expected = {tuple: "a list of strings", int: "an integer", float: "a number", str: "a string"}[kind]
+        problems.append(f"{name} ({source}): expected {expected}, got {value!r}")
+        return None
+
+
+def _dig(table: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = table
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def load(config_file: str | None = None, flags: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    file_table: dict[str, Any] = {}
+    path = config_file or environ.get("ATOLL_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                file_table = tomllib.load(f)
+        except FileNotFoundError:
+            problems.append(f"config file {path}: not found")
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"config file {path}: not valid TOML ({exc})")
+        except OSError as exc:
+            problems.append(f"config file {path}: cannot be read ({exc.strerror})")
+        known_top = {p[0] for _, p, _ in _SETTINGS.values()}
+        for key in file_table:
+            if key not in known_top:
+                problems.append(f"config file {path}: unknown setting {key!r}")
+    for name, (kind, file_path, env_var) in _SETTINGS.items():
+        raw = _dig(file_table, file_path)
+        if raw is not None:
+            values[name] = _coerce(name, kind, raw, f"config file {path}", problems)
+        if env_var in environ and environ[env_var] != "":
+            values[name] = _coerce(name, kind, environ[env_var], f"environment {env_var}", problems)
+        if flags and flags.get(name) is not None:
+            values[name] = _coerce(name, kind, flags[name], "command line", problems)
+    config = replace(Config(), **{k: v for k, v in values.items() if v is not None})
+    problems.extend(validate(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _check_address(name: str, address: str, problems: list[str]) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        problems.append(f"{name}: expected HOST:PORT (for example 127.0.0.1:9000), got {address!r}")
+
+
+def validate(config: Config) -> list[str]:
+    problems: list[str] = []
+    _check_address("s3_address", config.s3_address, problems)
+    if not 1 <= config.workers <= 256:
+        problems.append(f"workers: expected 1 to 256, got {config.workers}")
+    if config.log_level.lower() not in _LOG_LEVELS:
+        problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}, got {config.log_level!r}")
+    for name in ("shutdown_grace", "keep_alive_timeout", "request_head_timeout", "stall_timeout", "max_clock_skew"):
+        if getattr(config, name) <= 0:
+            problems.append(f"{name}: expected a positive number of seconds, got {getattr(config, name)}")
+    if not config.region or not all(c.isalnum() or c == "-" for c in config.region):
+        problems.append(f"region: expected a region name such as us-east-1, got {config.region!r}")
+    if config.metadata and not (config.metadata.startswith("sqlite://") or config.metadata.endswith((".db", ".sqlite3", ".sqlite"))):
+        problems.append(f"metadata: expected a SQLite path (sqlite:///path or *.sqlite3); "
+                        f"PostgreSQL is not available yet, got {config.metadata!r}")
+    if not 1 <= config.min_part_size <= 5 << 30:
+        problems.append(f"min_part_size: expected 1 byte to 5 GiB, got {config.min_part_size}")
+    if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
+        problems.append(f"data_dir: {config.data_dir} exists and is not a directory")
+    return problems
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Config) if f.name != "extra"]

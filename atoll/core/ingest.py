@@ -1,0 +1,208 @@
+"""Streaming a request body into a durable blob while hashing it, without blocking the event loop.
+
+Small bodies (the common case for KV-cache blocks and metadata files) are gathered in memory and written,
+fsynced and renamed in a single thread hop. Large bodies go through a two-thread pipeline: one thread hashes
+(MD5 is the PUT bottleneck at ~0.75 GB/s on one core, perf-baseline.md §2), the other writes, while the event
+loop keeps receiving. In-flight bytes are bounded, so a fast client on a slow disk is slowed by TCP back-pressure
+instead of growing memory.
+
+The blob is *staged*: digests are known before it is committed, so the caller can compare them with what the
+client declared (Content-MD5, x-amz-checksum-*, a trailer that arrives after the body) and abort on mismatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterable
+
+from atoll import errors
+from atoll.core.checksums import new_hasher
+from atoll.stores.data.base import BlobWriter, DataStore
+
+INLINE_LIMIT = 256 << 10  # bodies up to this size are written in one thread hop
+MAX_IN_FLIGHT = 32 << 20  # bytes received but not yet hashed and written, per upload
+_CHUNK = 1 << 20
+
+# One pool for all blocking data-path work; two threads per large upload plus short jobs.
+_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="atoll-io")
+
+
+def io_pool() -> ThreadPoolExecutor:
+    return _pool
+
+
+async def run_io(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)
+
+
+@dataclass(slots=True)
+class StagedBlob:
+    """A blob written but not yet durable under its id. ``commit`` or ``abort`` exactly once."""
+
+    writer: BlobWriter
+    size: int
+    digests: dict[str, bytes] = field(default_factory=dict)  # algorithm ("md5", "crc32", ...) -> digest
+
+    @property
+    def blob_id(self) -> str:
+        return self.writer.blob_id
+
+    async def commit(self) -> None:
+        try:
+            await run_io(self.writer.commit)
+        except OSError as exc:
+            await run_io(self.writer.abort)
+            raise _storage_error(exc) from exc
+
+    async def abort(self) -> None:
+        await run_io(self.writer.abort)
+
+
+def _storage_error(exc: OSError) -> errors.AtollError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.InsufficientStorage("The warm tier is out of space; retry later.", retry_after=5)
+    return errors.Unavailable("A storage error occurred; retry later.")
+
+
+def _write_and_hash(writer: BlobWriter, hashers: dict, pieces: Iterable[bytes]) -> None:
+    for piece in pieces:
+        for hasher in hashers.values():
+            hasher.update(piece)
+        writer.write(piece)
+
+
+async def stage(store: DataStore, body: AsyncIterator[bytes], algorithms: Iterable[str],
+                max_size: int | None = None) -> StagedBlob:
+    """Write ``body`` to a new blob, computing the digests named in ``algorithms``.
+
+    Raises EntityTooLarge past ``max_size`` bytes, InsufficientStorage when the disk is full; the temp file is
+    removed on any failure, including the client going away.
+    """
+    hashers = {alg: new_hasher(alg) for alg in algorithms}
+    writer = await run_io(store.create)
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        iterator = body.__aiter__()
+        async for chunk in iterator:
+            size += len(chunk)
+            if max_size is not None and size > max_size:
+                raise errors.EntityTooLarge(f"Your proposed upload exceeds the maximum allowed size of {max_size} bytes.")
+            pieces.append(chunk)
+            if size > INLINE_LIMIT:
+                size = await _pipeline(writer, hashers, pieces, size, iterator, max_size)
+                pieces = []
+                break
+        if pieces:
+            await run_io(_write_and_hash, writer, hashers, pieces)
+        elif size == 0:
+            pass
+    except OSError as exc:
+        await run_io(writer.abort)
+        raise _storage_error(exc) from exc
+    except BaseException:
+        await run_io(writer.abort)
+        raise
+    return StagedBlob(writer, size, {alg: h.digest() for alg, h in hashers.items()})
+
+
+class _Worker(threading.Thread):
+    """Applies one operation to every buffer in order; reports the first error."""
+
+    def __init__(self, op, release) -> None:
+        super().__init__(daemon=True)
+        self.op = op
+        self.release = release
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.op(item)
+                except BaseException as exc:  # noqa: BLE001 - surfaced by the pipeline
+                    self.error = exc
+            self.release(len(item))
+
+
+async def _pipeline(writer: BlobWriter, hashers: dict, first: list[bytes], size: int,
+                    iterator: AsyncIterator[bytes], max_size: int | None) -> int:
+    loop = asyncio.get_running_loop()
+    in_flight = 0
+    room = asyncio.Event()
+    room.set()
+    lock = threading.Lock()
+    done_counts = {"hash": 0, "write": 0}
+
+    def released(kind: str, n: int) -> None:
+        nonlocal in_flight
+        with lock:
+            done_counts[kind] += n
+            # A buffer is free once both threads are done with it.
+            settled = min(done_counts["hash"], done_counts["write"])
+        loop.call_soon_threadsafe(_settle_room, settled)
+
+    accounted = 0
+    submitted = 0
+
+    def _settle_room(settled: int) -> None:
+        nonlocal accounted
+        accounted = settled
+        if submitted - accounted <= MAX_IN_FLIGHT:
+            room.set()
+
+    def hash_all(buf: bytes) -> None:
+        for hasher in hashers.values():
+            hasher.update(buf)
+
+    workers = [_Worker(hash_all, lambda n: released("hash", n)),
+               _Worker(writer.write, lambda n: released("write", n))]
+    if not hashers:
+        workers[0].op = lambda buf: None
+    for worker in workers:
+        worker.start()
+
+    def submit(buf: bytes) -> None:
+        nonlocal submitted
+        submitted += len(buf)
+        for worker in workers:
+            worker.inbox.put(buf)
+        if submitted - accounted > MAX_IN_FLIGHT:
+            room.clear()
+
+    try:
+        submit(b"".join(first))
+        async for chunk in iterator:
+            size += len(chunk)
+            if max_size is not None and size > max_size:
+                raise errors.EntityTooLarge(f"Your proposed upload exceeds the maximum allowed size of {max_size} bytes.")
+            submit(chunk)
+            if not room.is_set():
+                await room.wait()
+            if workers[1].error is not None:
+                raise workers[1].error
+    finally:
+        for worker in workers:
+            worker.inbox.put(None)
+        await loop.run_in_executor(_pool, lambda: [w.join() for w in workers])
+    for worker in workers:
+        if worker.error is not None:
+            raise worker.error
+    return size
+
+
+async def read_range_into(store: DataStore, writer: BlobWriter, blob_id: str, offset: int, length: int) -> None:
+    """Append a byte range of an existing blob to ``writer`` (server-side copy), off the event loop."""
+    try:
+        await run_io(store.copy_into, writer, blob_id, offset, length)
+    except OSError as exc:
+        raise _storage_error(exc) from exc

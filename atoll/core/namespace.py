@@ -1,0 +1,522 @@
+"""The namespace: buckets, objects and multipart uploads, with ownership checks and durable writes.
+
+Front ends call this with an authenticated ``Identity`` (or None for anonymous) and plain values; it talks to the
+metadata store and the data store. The durability order for every write is fixed here, once:
+
+    body → temp blob (write, fsync) → rename → fsync dir → metadata commit → acknowledge
+
+A crash before the metadata commit leaves a temp file (removed at start) or an unreferenced blob (found by fsck);
+a crash after it leaves the new version in place. Nothing is acknowledged before both are on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Sequence
+
+from atoll import errors
+from atoll.core import checksums as cks
+from atoll.core import ingest
+from atoll.core.conditions import ReadConditions, check as check_conditions
+from atoll.core.listing import ListPage, list_page
+from atoll.core.models import Bucket, Extent, Identity, ObjectVersion, Part, Upload
+from atoll.stores.data.base import DataStore
+from atoll.stores.meta.base import MetaStore, WriteCondition
+
+log = logging.getLogger("atoll.namespace")
+
+MAX_KEY_BYTES = 1024
+MIN_PART_SIZE = 5 << 20
+MAX_PART_NUMBER = 10000
+MAX_OBJECT_SIZE = 5 << 40  # S3's 5 TiB
+MAX_SINGLE_PUT = 5 << 30  # S3's 5 GiB for one PutObject or UploadPart
+GC_GRACE_SECONDS = 10.0  # a reader that looked up a row just before an overwrite can still open its blob
+_IDENTITY_TTL = 5.0
+_BUCKET_TTL = 1.0
+
+# Given the digests of a staged body and its size, a front end checks what the client declared and returns
+# the checksums to store (algorithm -> base64); it raises BadDigest/InvalidDigest on a mismatch.
+Verifier = Callable[[dict[str, bytes], int], dict[str, str]]
+
+
+def validate_bucket_name(name: str) -> None:
+    ok = 3 <= len(name) <= 63 and all(c.islower() or c.isdigit() or c in ".-" for c in name) and name.isascii()
+    ok = ok and name[0].isalnum() and name[-1].isalnum() and ".." not in name and ".-" not in name
+    ok = ok and "-." not in name and not name.startswith(("xn--", "sthree-")) and not name.endswith(("-s3alias", "--ol-s3"))
+    if ok:
+        try:
+            ipaddress.IPv4Address(name)
+            ok = False
+        except ValueError:
+            pass
+    if not ok:
+        raise errors.InvalidBucketName("The specified bucket is not valid.", bucket=name)
+
+
+def validate_key(key: str) -> None:
+    if not key:
+        raise errors.InvalidArgument("Object key must not be empty.")
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidArgument("Object key must be valid UTF-8.") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise errors.KeyTooLong("Your key is too long.", key=key[:64])
+
+
+@dataclass(slots=True)
+class CopySource:
+    bucket: str
+    key: str
+    conditions: ReadConditions = ReadConditions()
+    byte_range: tuple[int, int] | None = None  # inclusive, for UploadPartCopy
+
+
+class Namespace:
+    def __init__(self, meta: MetaStore, data: DataStore, *, region: str = "us-east-1",
+                 min_part_size: int = MIN_PART_SIZE) -> None:
+        self.meta = meta
+        self.data = data
+        self.region = region
+        self.min_part_size = min_part_size
+        self._identities: dict[str, tuple[Identity | None, float]] = {}
+        self._buckets: dict[str, tuple[Bucket | None, float]] = {}
+        self._gc_task: asyncio.Task | None = None
+
+    # identities --------------------------------------------------------------------------------------
+    async def identity(self, access_key: str) -> Identity | None:
+        now = time.monotonic()
+        cached = self._identities.get(access_key)
+        if cached is not None and now - cached[1] < _IDENTITY_TTL:
+            return cached[0]
+        found = await self.meta.get_identity(access_key)
+        if len(self._identities) > 10000:
+            self._identities.clear()
+        self._identities[access_key] = (found, now)
+        return found
+
+    async def create_identity(self, display_name: str, *, access_key: str | None = None,
+                              secret_key: str | None = None, is_root: bool = False) -> Identity:
+        identity = Identity(
+            access_key=access_key or "AK" + secrets.token_hex(9).upper(),
+            secret_key=secret_key or secrets.token_urlsafe(30)[:40],
+            owner_id=secrets.token_hex(32),
+            display_name=display_name,
+            created=time.time(),
+            is_root=is_root,
+        )
+        await self.meta.put_identity(identity)
+        return identity
+
+    # buckets -----------------------------------------------------------------------------------------
+    async def _bucket(self, name: str) -> Bucket | None:
+        now = time.monotonic()
+        cached = self._buckets.get(name)
+        if cached is not None and now - cached[1] < _BUCKET_TTL:
+            return cached[0]
+        found = await self.meta.get_bucket(name)
+        if len(self._buckets) > 10000:
+            self._buckets.clear()
+        self._buckets[name] = (found, now)
+        return found
+
+    async def bucket_for(self, identity: Identity | None, name: str) -> Bucket:
+        """The bucket if it exists and ``identity`` may use it; NoSuchBucket or AccessDenied otherwise."""
+        bucket = await self._bucket(name)
+        if bucket is None:
+            raise errors.NoSuchBucket(bucket=name)
+        if identity is None or not (identity.is_root or identity.owner_id == bucket.owner_id):
+            raise errors.AccessDenied(bucket=name)
+        return bucket
+
+    async def create_bucket(self, identity: Identity, name: str, region: str | None = None) -> Bucket:
+        validate_bucket_name(name)
+        if region and region != self.region:
+            raise errors.InvalidArgument(f"This island serves region {self.region}; LocationConstraint "
+                                         f"{region} is not available.", code="InvalidLocationConstraint")
+        bucket = Bucket(name=name, owner_id=identity.owner_id, created=time.time(), region=self.region)
+        await self.meta.create_bucket(bucket)
+        self._buckets.pop(name, None)
+        return bucket
+
+    async def list_buckets(self, identity: Identity) -> list[Bucket]:
+        return await self.meta.list_buckets(None if identity.is_root else identity.owner_id)
+
+    async def delete_bucket(self, identity: Identity, name: str) -> None:
+        await self.bucket_for(identity, name)
+        await self.meta.delete_bucket(name)
+        self._buckets.pop(name, None)
+
+    # reading -----------------------------------------------------------------------------------------
+    async def head_object(self, identity: Identity | None, bucket: str, key: str) -> ObjectVersion:
+        await self.bucket_for(identity, bucket)
+        version = await self.meta.get_object(bucket, key)
+        if version is None:
+            raise errors.NoSuchKey(bucket=bucket, key=key)
+        return version
+
+    def open_range(self, version: ObjectVersion, start: int, end: int) -> list[tuple[int, int, int]]:
+        """Open the blobs holding bytes [start, end) of ``version``: a list of (fd, offset, length) that the
+        caller must close. Raises FileNotFoundError if a blob vanished (the version was replaced and collected)."""
+        opened: list[tuple[int, int, int]] = []
+        position = 0
+        try:
+            for extent in version.extents:
+                extent_end = position + extent.length
+                if extent_end > start and position < end:
+                    lo = max(start, position) - position
+                    hi = min(end, extent_end) - position
+                    fd = self.data.open_blob(extent.blob_id)
+                    opened.append((fd, extent.offset + lo, hi - lo))
+                position = extent_end
+                if position >= end:
+                    break
+        except BaseException:
+            for fd, _, _ in opened:
+                os.close(fd)
+            raise
+        return opened
+
+    async def open_object(self, identity: Identity | None, bucket: str, key: str,
+                          byte_range: Callable[[ObjectVersion], tuple[int, int]],
+                          conditions: ReadConditions | None = None) -> tuple[ObjectVersion, int, int, list]:
+        """Look up, check conditions, and open the bytes of a key in one step. ``byte_range(version)`` returns
+        [start, end) (it may raise InvalidRange). Retries once if an overwrite won the race for the blob."""
+        for attempt in (0, 1):
+            version = await self.head_object(identity, bucket, key)
+            if conditions is not None and not conditions.empty:
+                check_conditions(conditions, version.etag, version.last_modified)
+            start, end = byte_range(version)
+            try:
+                return version, start, end, self.open_range(version, start, end)
+            except FileNotFoundError:
+                if attempt:
+                    log.error("blob of %s/%s missing", bucket, key[:200])
+                    raise errors.Unavailable("Object data is temporarily unavailable.") from None
+        raise AssertionError("unreachable")
+
+    # writing -----------------------------------------------------------------------------------------
+    async def _check_write_condition(self, bucket: str, key: str, condition: WriteCondition | None) -> None:
+        """Fail fast, before reading a body, when a condition already cannot hold (re-checked atomically later)."""
+        if condition is None:
+            return
+        current = await self.meta.get_object(bucket, key)
+        if condition.if_none_match and current is not None:
+            raise errors.PreconditionFailed(condition="If-None-Match")
+        if condition.if_match is not None:
+            if current is None:
+                raise errors.NoSuchKey(bucket=bucket, key=key)
+            if condition.if_match != "*" and condition.if_match != current.etag:
+                raise errors.PreconditionFailed(condition="If-Match")
+
+    async def _stage_verified(self, body: AsyncIterator[bytes], algorithms: set[str], verify: Verifier,
+                              max_size: int) -> tuple[ingest.StagedBlob, dict[str, str]]:
+        staged = await ingest.stage(self.data, body, {"md5", *algorithms}, max_size=max_size)
+        try:
+            stored = verify(staged.digests, staged.size)
+            await staged.commit()
+        except BaseException:
+            await staged.abort()
+            raise
+        return staged, stored
+
+    async def _commit_version(self, version: ObjectVersion, condition: WriteCondition | None) -> ObjectVersion:
+        try:
+            await self.meta.put_object(version, condition)
+        except BaseException:
+            await self._discard_blobs([e.blob_id for e in version.extents])
+            raise
+        return version
+
+    async def _discard_blobs(self, blob_ids: Sequence[str]) -> None:
+        if blob_ids:
+            await ingest.run_io(lambda: [self.data.delete(b) for b in blob_ids])
+
+    async def put_object(self, identity: Identity, bucket: str, key: str, body: AsyncIterator[bytes], *,
+                         headers: dict[str, str], user_meta: dict[str, str], algorithms: set[str],
+                         verify: Verifier, condition: WriteCondition | None = None) -> ObjectVersion:
+        validate_key(key)
+        await self.bucket_for(identity, bucket)
+        await self._check_write_condition(bucket, key, condition)
+        staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)
+        version = ObjectVersion(
+            bucket=bucket, key=key, version_id=staged.blob_id, size=staged.size,
+            etag=staged.digests["md5"].hex(), last_modified=time.time(), headers=headers, user_meta=user_meta,
+            checksums=stored, checksum_type="FULL_OBJECT" if stored else "",
+            extents=[Extent(staged.blob_id, 0, staged.size)], owner_id=identity.owner_id,
+        )
+        return await self._commit_version(version, condition)
+
+    async def delete_object(self, identity: Identity, bucket: str, key: str) -> None:
+        validate_key(key)
+        await self.bucket_for(identity, bucket)
+        await self.meta.delete_object(bucket, key)
+
+    async def delete_objects(self, identity: Identity, bucket: str, keys: Sequence[str]) -> list[str | None]:
+        """Delete many keys at once; per key None on success or an error message (invalid key)."""
+        await self.bucket_for(identity, bucket)
+        outcome: list[str | None] = []
+        valid = []
+        for key in keys:
+            try:
+                validate_key(key)
+                outcome.append(None)
+                valid.append(key)
+            except errors.AtollError as exc:
+                outcome.append(type(exc).__name__)
+        if valid:
+            await self.meta.delete_objects(bucket, valid)
+        return outcome
+
+    async def copy_object(self, identity: Identity, source: CopySource, bucket: str, key: str, *,
+                          replace_metadata: bool, headers: dict[str, str], user_meta: dict[str, str],
+                          condition: WriteCondition | None = None) -> ObjectVersion:
+        validate_key(key)
+        src = await self.head_object(identity, source.bucket, source.key)
+        check_conditions(source.conditions, src.etag, src.last_modified) if not source.conditions.empty else None
+        await self.bucket_for(identity, bucket)
+        now = time.time()
+        if source.bucket == bucket and source.key == key:
+            if not replace_metadata:
+                raise errors.InvalidRequest(
+                    "This copy request is illegal because it is trying to copy an object to itself without "
+                    "changing the object's metadata, storage class, website redirect location or encryption "
+                    "attributes.")
+            return await self.meta.replace_metadata(bucket, key, src.version_id, headers, user_meta, now)
+        await self._check_write_condition(bucket, key, condition)
+        new_extents = []
+        try:
+            for extent in src.extents:
+                writer = await ingest.run_io(self.data.create)
+                try:
+                    await ingest.read_range_into(self.data, writer, extent.blob_id, extent.offset, extent.length)
+                    await ingest.run_io(writer.commit)
+                except BaseException:
+                    await ingest.run_io(writer.abort)
+                    raise
+                new_extents.append(Extent(writer.blob_id, 0, extent.length))
+        except FileNotFoundError:
+            await self._discard_blobs([e.blob_id for e in new_extents])
+            raise errors.ConditionalRequestConflict("The source object changed during the copy; retry.") from None
+        except BaseException:
+            await self._discard_blobs([e.blob_id for e in new_extents])
+            raise
+        version = ObjectVersion(
+            bucket=bucket, key=key, version_id=self.data.new_blob_id(), size=src.size, etag=src.etag,
+            last_modified=now,
+            headers=headers if replace_metadata else dict(src.headers),
+            user_meta=user_meta if replace_metadata else dict(src.user_meta),
+            checksums=dict(src.checksums), checksum_type=src.checksum_type, extents=new_extents,
+            part_count=src.part_count, owner_id=identity.owner_id,
+        )
+        return await self._commit_version(version, condition)
+
+    # listing -----------------------------------------------------------------------------------------
+    async def list_objects(self, identity: Identity | None, bucket: str, *, prefix: str, delimiter: str,
+                           start_after: str, max_keys: int) -> ListPage:
+        await self.bucket_for(identity, bucket)
+        return await list_page(self.meta, bucket, prefix=prefix, delimiter=delimiter, start_after=start_after,
+                               max_keys=max_keys)
+
+    # multipart ---------------------------------------------------------------------------------------
+    async def create_upload(self, identity: Identity, bucket: str, key: str, *, headers: dict[str, str],
+                            user_meta: dict[str, str], checksum_algorithm: str = "",
+                            checksum_type: str = "") -> Upload:
+        validate_key(key)
+        await self.bucket_for(identity, bucket)
+        upload = Upload(upload_id=secrets.token_urlsafe(24), bucket=bucket, key=key, initiated=time.time(),
+                        owner_id=identity.owner_id, headers=headers, user_meta=user_meta,
+                        checksum_algorithm=checksum_algorithm, checksum_type=checksum_type)
+        await self.meta.create_upload(upload)
+        return upload
+
+    async def upload_for(self, identity: Identity, bucket: str, key: str, upload_id: str) -> Upload:
+        await self.bucket_for(identity, bucket)
+        upload = await self.meta.get_upload(upload_id)
+        if upload is None or upload.bucket != bucket or upload.key != key:
+            raise errors.NoSuchUpload(upload_id=upload_id)
+        return upload
+
+    @staticmethod
+    def _check_part_number(part_number: int) -> None:
+        if not 1 <= part_number <= MAX_PART_NUMBER:
+            raise errors.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive.")
+
+    async def upload_part(self, identity: Identity, bucket: str, key: str, upload_id: str, part_number: int,
+                          body: AsyncIterator[bytes], *, algorithms: set[str], verify: Verifier) -> Part:
+        self._check_part_number(part_number)
+        upload = await self.upload_for(identity, bucket, key, upload_id)
+        if upload.checksum_algorithm:
+            algorithms = {*algorithms, upload.checksum_algorithm}
+        staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)
+        if upload.checksum_algorithm and upload.checksum_algorithm not in stored:
+            stored[upload.checksum_algorithm] = cks.b64(staged.digests[upload.checksum_algorithm])
+        part = Part(upload_id=upload_id, part_number=part_number, size=staged.size,
+                    etag=staged.digests["md5"].hex(), blob_id=staged.blob_id, last_modified=time.time(),
+                    checksums=stored)
+        return await self._record_part(part)
+
+    async def _record_part(self, part: Part) -> Part:
+        try:
+            await self.meta.put_part(part)
+        except BaseException:
+            await self._discard_blobs([part.blob_id])
+            raise
+        return part
+
+    async def upload_part_copy(self, identity: Identity, bucket: str, key: str, upload_id: str,
+                               part_number: int, source: CopySource) -> Part:
+        self._check_part_number(part_number)
+        upload = await self.upload_for(identity, bucket, key, upload_id)
+        src = await self.head_object(identity, source.bucket, source.key)
+        if not source.conditions.empty:
+            check_conditions(source.conditions, src.etag, src.last_modified)
+        if source.byte_range is None:
+            start, end = 0, src.size
+        else:
+            start, end = source.byte_range[0], source.byte_range[1] + 1
+            if start >= src.size or end > src.size or start >= end:
+                raise errors.InvalidArgument("The x-amz-copy-source-range value must be of the form bytes=first-last "
+                                             "where first and last are the zero-based offsets of the first and "
+                                             "last bytes to copy")
+        if end - start > MAX_SINGLE_PUT:
+            raise errors.EntityTooLarge()
+        algorithms = ["md5"] + ([upload.checksum_algorithm] if upload.checksum_algorithm else [])
+        writer = await ingest.run_io(self.data.create)
+        hashers = {alg: cks.new_hasher(alg) for alg in algorithms}
+        try:
+            # Server-side: read the range once through the hashers into the new blob, off the loop.
+            opened = self.open_range(src, start, end)
+            try:
+                await ingest.run_io(_copy_hashing, opened, writer, hashers)
+            finally:
+                for fd, _, _ in opened:
+                    os.close(fd)
+            await ingest.run_io(writer.commit)
+        except FileNotFoundError:
+            await ingest.run_io(writer.abort)
+            raise errors.ConditionalRequestConflict("The source object changed during the copy; retry.") from None
+        except BaseException:
+            await ingest.run_io(writer.abort)
+            raise
+        stored = {alg: cks.b64(h.digest()) for alg, h in hashers.items() if alg != "md5"}
+        part = Part(upload_id=upload_id, part_number=part_number, size=end - start,
+                    etag=hashers["md5"].hexdigest(), blob_id=writer.blob_id, last_modified=time.time(),
+                    checksums=stored)
+        return await self._record_part(part)
+
+    async def complete_upload(self, identity: Identity, bucket: str, key: str, upload_id: str,
+                              requested: Sequence[tuple[int, str, dict[str, str]]], *,
+                              condition: WriteCondition | None = None,
+                              full_object_checksum: dict[str, str] | None = None) -> ObjectVersion:
+        """``requested``: (part number, ETag, checksums the client listed) in the client's order."""
+        upload = await self.upload_for(identity, bucket, key, upload_id)
+        if not requested:
+            raise errors.InvalidRequest("You must specify at least one part.", code="MalformedXML")
+        numbers = [n for n, _, _ in requested]
+        if any(b <= a for a, b in zip(numbers, numbers[1:])):
+            raise errors.InvalidPartOrder("The list of parts was not in ascending order. Parts must be ordered "
+                                          "by part number.")
+        stored_parts = {p.part_number: p for p in await self.meta.list_parts(upload_id)}
+        chosen: list[Part] = []
+        for number, etag, client_sums in requested:
+            part = stored_parts.get(number)
+            if part is None or etag.strip().strip('"') != part.etag:
+                raise errors.InvalidPart("One or more of the specified parts could not be found. The part may "
+                                         "not have been uploaded, or the specified entity tag may not match the "
+                                         "part's entity tag.", part=number)
+            for alg, value in client_sums.items():
+                if part.checksums.get(alg) not in (None, value):
+                    raise errors.InvalidPart(f"The checksum of part {number} does not match.", part=number)
+            chosen.append(part)
+        for part in chosen[:-1]:
+            if part.size < self.min_part_size:
+                raise errors.EntityTooSmall("Your proposed upload is smaller than the minimum allowed size.",
+                                            part=part.part_number)
+        size = sum(p.size for p in chosen)
+        checksums: dict[str, str] = {}
+        checksum_type = ""
+        alg = upload.checksum_algorithm
+        if alg and all(alg in p.checksums for p in chosen):
+            if upload.checksum_type == "FULL_OBJECT" and alg in ("crc32", "crc32c", "crc64nvme"):
+                checksums[alg] = cks.combine_full_object(alg, [(p.checksums[alg], p.size) for p in chosen])
+                checksum_type = "FULL_OBJECT"
+            else:
+                checksums[alg] = cks.composite(alg, [p.checksums[alg] for p in chosen])
+                checksum_type = "COMPOSITE"
+        for claimed_alg, claimed in (full_object_checksum or {}).items():
+            mine = checksums.get(claimed_alg)
+            if mine is not None and mine != claimed and mine.split("-")[0] != claimed.split("-")[0]:
+                raise errors.BadDigest(f"The {claimed_alg} you specified did not match the calculated checksum.")
+        version = ObjectVersion(
+            bucket=bucket, key=key, version_id=self.data.new_blob_id(), size=size,
+            etag=cks.multipart_etag([p.etag for p in chosen]), last_modified=time.time(),
+            headers=upload.headers, user_meta=upload.user_meta, checksums=checksums, checksum_type=checksum_type,
+            extents=[Extent(p.blob_id, 0, p.size) for p in chosen], part_count=len(chosen),
+            owner_id=identity.owner_id,
+        )
+        await self.meta.complete_upload(upload_id, version, numbers, condition)
+        return version
+
+    async def abort_upload(self, identity: Identity, bucket: str, key: str, upload_id: str) -> None:
+        await self.upload_for(identity, bucket, key, upload_id)
+        await self.meta.abort_upload(upload_id)
+
+    async def list_parts(self, identity: Identity, bucket: str, key: str, upload_id: str, after: int,
+                         limit: int) -> tuple[Upload, list[Part]]:
+        upload = await self.upload_for(identity, bucket, key, upload_id)
+        return upload, await self.meta.list_parts(upload_id, after, limit)
+
+    async def list_uploads(self, identity: Identity, bucket: str, *, prefix: str, key_marker: str,
+                           upload_id_marker: str, limit: int) -> list[Upload]:
+        await self.bucket_for(identity, bucket)
+        return await self.meta.list_uploads(bucket, prefix, key_marker, upload_id_marker, limit)
+
+    # garbage collection ------------------------------------------------------------------------------
+    async def collect_garbage_once(self, grace: float = GC_GRACE_SECONDS) -> int:
+        blob_ids = await self.meta.take_garbage(time.time() - grace, 1000)
+        if blob_ids:
+            await self._discard_blobs(blob_ids)
+            await self.meta.forget_garbage(blob_ids)
+        return len(blob_ids)
+
+    def start_background(self) -> None:
+        self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
+
+    async def _gc_loop(self) -> None:
+        while True:
+            try:
+                while await self.collect_garbage_once() >= 1000:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep collecting; the next round retries
+                log.exception("garbage collection failed")
+            await asyncio.sleep(2.0 + secrets.randbelow(1000) / 1000)
+
+    async def stop_background(self) -> None:
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+            try:
+                await self._gc_task
+            except asyncio.CancelledError:
+                pass
+
+
+def _copy_hashing(opened, writer, hashers) -> None:
+    for fd, offset, length in opened:
+        while length > 0:
+            data = os.pread(fd, min(length, 8 << 20), offset)
+            if not data:
+                raise OSError("source blob shorter than its metadata")
+            for hasher in hashers.values():
+                hasher.update(data)
+            writer.write(data)
+            offset += len(data)
+            length -= len(data)

@@ -1,0 +1,137 @@
+"""Domain errors raised by Atoll's core.
+
+The core knows nothing of HTTP: front ends (S3, later Azure Blob) translate these into their own codes and
+statuses in one place each (``atoll/s3/errors.py``). The tree::
+
+    AtollError
+    ├── NotFound            NoSuchBucket, NoSuchKey, NoSuchUpload
+    ├── Conflict            BucketAlreadyExists, BucketAlreadyOwnedByYou, BucketNotEmpty,
+    │                       ConditionalRequestConflict
+    ├── PreconditionFailed  a write or read condition (If-Match, ...) did not hold
+    ├── NotModified         a read condition asks for no body (If-None-Match, If-Modified-Since)
+    ├── InvalidRequest      the client asked for something malformed or impossible
+    │   ├── InvalidArgument, InvalidBucketName, KeyTooLong, InvalidRange
+    │   ├── EntityTooSmall, EntityTooLarge, InvalidPart, InvalidPartOrder
+    │   └── BadDigest, InvalidDigest, IncompleteBody
+    ├── AccessDenied        the identity may not do this
+    └── Unavailable         Atoll cannot do it now (disk full, overloaded); retry later
+"""
+
+from __future__ import annotations
+
+
+class AtollError(Exception):
+    """Base of every error the core raises on purpose. ``message`` is safe to show to clients."""
+
+    def __init__(self, message: str = "", **detail: object) -> None:
+        super().__init__(message or self.__doc__ or type(self).__name__)
+        self.message = message or (self.__doc__ or type(self).__name__).strip().splitlines()[0]
+        self.detail = detail
+
+
+class NotFound(AtollError):
+    """The resource does not exist."""
+
+
+class NoSuchBucket(NotFound):
+    """The specified bucket does not exist."""
+
+
+class NoSuchKey(NotFound):
+    """The specified key does not exist."""
+
+
+class NoSuchUpload(NotFound):
+    """The specified multipart upload does not exist."""
+
+
+class Conflict(AtollError):
+    """The request conflicts with the current state."""
+
+
+class BucketAlreadyExists(Conflict):
+    """The requested bucket name is not available."""
+
+
+class BucketAlreadyOwnedByYou(Conflict):
+    """The bucket you tried to create already exists, and you own it."""
+
+
+class BucketNotEmpty(Conflict):
+    """The bucket you tried to delete is not empty."""
+
+
+class ConditionalRequestConflict(Conflict):
+    """A conflicting operation occurred; retry the request."""
+
+
+class PreconditionFailed(AtollError):
+    """At least one of the pre-conditions you specified did not hold."""
+
+
+class NotModified(AtollError):
+    """Not modified."""
+
+
+class InvalidRequest(AtollError):
+    """The request is not valid."""
+
+
+class InvalidArgument(InvalidRequest):
+    """Invalid argument."""
+
+
+class InvalidBucketName(InvalidRequest):
+    """The specified bucket is not valid."""
+
+
+class KeyTooLong(InvalidRequest):
+    """Your key is too long."""
+
+
+class InvalidRange(InvalidRequest):
+    """The requested range is not satisfiable."""
+
+
+class EntityTooSmall(InvalidRequest):
+    """Your proposed upload is smaller than the minimum allowed object size."""
+
+
+class EntityTooLarge(InvalidRequest):
+    """Your proposed upload exceeds the maximum allowed object size."""
+
+
+class InvalidPart(InvalidRequest):
+    """One or more of the specified parts could not be found or did not match."""
+
+
+class InvalidPartOrder(InvalidRequest):
+    """The list of parts was not in ascending order."""
+
+
+class BadDigest(InvalidRequest):
+    """The digest you specified did not match what we received."""
+
+
+class InvalidDigest(InvalidRequest):
+    """The digest you specified is not valid."""
+
+
+class IncompleteBody(InvalidRequest):
+    """You did not provide the number of bytes specified by the Content-Length HTTP header."""
+
+
+class AccessDenied(AtollError):
+    """Access Denied."""
+
+
+class Unavailable(AtollError):
+    """The service cannot handle the request now; retry later."""
+
+    def __init__(self, message: str = "", retry_after: int = 1, **detail: object) -> None:
+        super().__init__(message, **detail)
+        self.retry_after = retry_after
+
+
+class InsufficientStorage(Unavailable):
+    """The warm tier has no space for this write now."""

@@ -1,0 +1,69 @@
+"""What an S3 handler gets: the parsed, authenticated request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from atoll.auth.sigv4 import AuthContext
+from atoll.core.models import Identity
+from atoll.core.namespace import Namespace
+from atoll.http.server import Request
+from atoll.s3.errors import S3Error
+
+
+@dataclass(slots=True)
+class S3Context:
+    http: Request
+    ns: Namespace
+    bucket: str | None
+    key: str | None
+    query: dict[str, str]
+    identity: Identity | None = None
+    auth: AuthContext | None = None
+    operation: str = "Unknown"
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.http.headers
+
+    @property
+    def request_id(self) -> str:
+        return self.http.id
+
+    def require_identity(self):
+        if self.identity is None:
+            raise S3Error("AccessDenied", "Access Denied")
+        return self.identity
+
+    def int_param(self, name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
+        raw = self.query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise S3Error("InvalidArgument", f"Provided {name} not an integer or within integer range",
+                          ArgumentName=name, ArgumentValue=raw[:64]) from None
+        if value < low or (high is not None and value > high):
+            raise S3Error("InvalidArgument", f"Argument {name} must be an integer between {low} and "
+                          f"{high if high is not None else 2**31 - 1}", ArgumentName=name, ArgumentValue=raw[:64])
+        return value
+
+
+def parse_query(raw: str) -> dict[str, str]:
+    """Query parameters decoded with ``unquote`` (never ``unquote_plus``: S3 clients encode '+' as %2B and a
+    literal '+' must stay '+')."""
+    params: dict[str, str] = {}
+    if not raw:
+        return params
+    for item in raw.split("&"):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        try:
+            params[unquote(name, errors="strict")] = unquote(value, errors="strict")
+        except UnicodeDecodeError:
+            raise S3Error("InvalidURI", "Couldn't parse the specified URI.") from None
+    return params

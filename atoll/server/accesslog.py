@@ -1,0 +1,64 @@
+"""The access log: one JSON line per request, written in batches off the request path.
+
+Lines are formatted on the event loop (a few µs) and handed to a background thread that appends them; a burst
+of 50,000 requests a second costs one write(2) per flush, not one per request. No secret ever appears: the
+access key id is logged, never a signature, a secret, or a presigned query string.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+from atoll.http.server import Request
+
+
+class AccessLog:
+    def __init__(self, path: str, flush_interval: float = 0.5) -> None:
+        self.path = path
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flush_interval = flush_interval
+        if path not in ("-", ""):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="atoll-access-log", daemon=True)
+        self._thread.start()
+
+    def record(self, request: Request, status: int, sent: int, elapsed: float) -> None:
+        state = request.state
+        key = state.get("key")
+        line = json.dumps({
+            "time": round(time.time(), 3), "request_id": request.id, "remote": request.client,
+            "method": request.method, "op": state.get("op", "-"), "bucket": state.get("bucket"),
+            "key": key[:1024] if key else None, "status": status, "bytes_sent": sent,
+            "bytes_received": request.content_length, "ms": round(elapsed * 1000, 3),
+            "access_key": state.get("access_key"), "agent": request.headers.get("user-agent", "")[:200],
+        }, ensure_ascii=False, separators=(",", ":"))
+        with self._lock:
+            self._lines.append(line)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._flush_interval):
+            self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode("utf-8", "replace")
+        if self.path == "-":
+            sys.stderr.buffer.write(data)
+            sys.stderr.flush()
+            return
+        with open(self.path, "ab") as f:
+            f.write(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,216 @@
+"""Starting and stopping Atoll: data directory, root identity, worker processes, signals.
+
+The master prepares everything that must happen once (directories, schema, crash leftovers, root credentials),
+then serves itself (``workers = 1``) or forks N workers that each bind the port with SO_REUSEPORT, so the kernel
+spreads connections over them. The master restarts a worker that dies and forwards SIGTERM/SIGINT; on SIGTERM
+every worker stops accepting, finishes its in-flight requests within ``shutdown_grace`` seconds and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from atoll.config import Config
+from atoll.core.namespace import Namespace
+from atoll.http.server import HttpServer, Timeouts, bind_socket
+from atoll.s3.app import S3App
+from atoll.server.accesslog import AccessLog
+from atoll.stores.data.files import FileDataStore
+from atoll.stores.meta.sqlite import SqliteMetaStore
+
+log = logging.getLogger("atoll")
+
+ROOT_CREDENTIALS_FILE = "root-credentials"
+# glibc returns freed heap to the OS after every large free by default; with 64 KiB–1 MiB request-body chunks
+# that costs 3× the CPU of a PUT (perf-baseline.md §2). These keep the heap warm.
+MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "1073741824", "MALLOC_TOP_PAD_": "67108864"}
+
+
+class StartupError(Exception):
+    """Atoll cannot start; the message says why and what to do."""
+
+
+@dataclass(slots=True)
+class RootCredentials:
+    access_key: str
+    secret_key: str
+    generated: bool
+
+
+def ensure_malloc_env() -> None:
+    """Re-exec once with the malloc settings if they are not in the environment (they only apply at start)."""
+    if all(os.environ.get(k) for k in MALLOC_ENV) or os.environ.get("ATOLL_NO_REEXEC"):
+        return
+    env = {**os.environ, **MALLOC_ENV, "ATOLL_NO_REEXEC": "1"}
+    argv = [sys.executable, *sys.orig_argv[1:]] if hasattr(sys, "orig_argv") else [sys.executable, *sys.argv]
+    os.execve(sys.executable, argv, env)
+
+
+def prepare_data_dir(config: Config) -> None:
+    try:
+        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create data directory {config.data_dir}: {exc.strerror}") from None
+    if not os.access(config.data_dir, os.W_OK):
+        raise StartupError(f"data directory {config.data_dir} is not writable")
+
+
+def open_stores(config: Config) -> tuple[SqliteMetaStore, FileDataStore]:
+    prepare_data_dir(config)
+    meta = SqliteMetaStore(config.metadata_path)
+    try:
+        meta.open_sync()
+    except Exception as exc:  # noqa: BLE001 - reported as a start-up problem, not a traceback
+        raise StartupError(f"cannot open metadata store {config.metadata_path}: {exc}") from None
+    return meta, FileDataStore(config.data_dir)
+
+
+def bootstrap_root(config: Config, meta: SqliteMetaStore) -> RootCredentials:
+    """The root identity: from ATOLL_ROOT_ACCESS_KEY/SECRET_KEY if set, else the one stored, else a new one
+    written (mode 0600) to <data_dir>/root-credentials and printed once."""
+    env_key = os.environ.get("ATOLL_ROOT_ACCESS_KEY")
+    env_secret = os.environ.get("ATOLL_ROOT_SECRET_KEY")
+    if bool(env_key) != bool(env_secret):
+        raise StartupError("set both ATOLL_ROOT_ACCESS_KEY and ATOLL_ROOT_SECRET_KEY, or neither")
+
+    async def run() -> RootCredentials:
+        from atoll.core.models import Identity
+
+        existing = [i for i in await meta.list_identities() if i.is_root]
+        if env_key:
+            if len(env_key) < 3 or len(env_secret) < 8:
+                raise StartupError("ATOLL_ROOT_ACCESS_KEY must have 3+ characters and ATOLL_ROOT_SECRET_KEY 8+")
+            owner = existing[0].owner_id if existing else secrets.token_hex(32)
+            for old in existing:
+                if old.access_key != env_key:
+                    await meta.delete_identity(old.access_key)
+            await meta.put_identity(Identity(env_key, env_secret, owner, "root", time.time(), True))
+            return RootCredentials(env_key, env_secret, False)
+        if existing:
+            return RootCredentials(existing[0].access_key, existing[0].secret_key, False)
+        key = "AKATOLL" + secrets.token_hex(7).upper()
+        secret = secrets.token_urlsafe(30)[:40]
+        await meta.put_identity(Identity(key, secret, secrets.token_hex(32), "root", time.time(), True))
+        path = os.path.join(config.data_dir, ROOT_CREDENTIALS_FILE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"access_key_id = {key}\nsecret_access_key = {secret}\n")
+        return RootCredentials(key, secret, True)
+
+    return asyncio.run(run())
+
+
+def build_app(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> tuple[S3App, Namespace, AccessLog | None]:
+    ns = Namespace(meta, data, region=config.region, min_part_size=config.min_part_size)
+    access_log = None if config.access_log == "off" else AccessLog(config.access_log_path)
+    return S3App(ns, domains=config.s3_domains, access_log=access_log, max_skew=config.max_clock_skew), ns, access_log
+
+
+def run_worker(config: Config, sock: socket.socket) -> None:
+    """One serving process: its own event loop, metadata connections and HTTP server."""
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        meta, data = open_stores(config)
+        app, ns, access_log = build_app(config, meta, data)
+        timeouts = Timeouts(keep_alive=config.keep_alive_timeout, head=config.request_head_timeout,
+                            stall=config.stall_timeout)
+        server = HttpServer(app, loop, timeouts,
+                            on_exception=lambda req: log.exception("request %s failed", req.id))
+        await server.listen(sock)
+        ns.start_background()
+        stop = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        await stop
+        log.info("worker %d stopping: finishing in-flight requests (up to %ss)", os.getpid(), config.shutdown_grace)
+        await server.stop(config.shutdown_grace)
+        await ns.stop_background()
+        await meta.close()
+        if access_log is not None:
+            access_log.close()
+
+    uvloop.run(main())
+
+
+def serve(config: Config) -> None:
+    meta, data = open_stores(config)
+    try:
+        root = bootstrap_root(config, meta)
+        removed = data.remove_temp_files()
+        if removed:
+            log.info("removed %d temp files left by an earlier crash", removed)
+    finally:
+        meta.close_sync()
+    try:
+        hold = bind_socket(config.s3_host, config.s3_port, reuse_port=True)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.s3_address}: {exc.strerror}") from None
+    if root.generated:
+        print(f"Generated root credentials (stored in {os.path.join(config.data_dir, ROOT_CREDENTIALS_FILE)}, "
+              f"shown once):\n  access key id:     {root.access_key}\n  secret access key: {root.secret_key}",
+              flush=True)
+    print(f"Atoll S3 endpoint on http://{config.s3_address} (data in {os.path.abspath(config.data_dir)}, "
+          f"{config.workers} worker{'s' if config.workers > 1 else ''})", flush=True)
+    if config.workers == 1:
+        run_worker(config, hold)
+        return
+    _supervise(config, hold)
+
+
+def _supervise(config: Config, hold: socket.socket) -> None:
+    """Fork workers, each with its own SO_REUSEPORT listening socket; restart any that dies unexpectedly."""
+    hold.close()  # the workers' sockets hold the port from here on
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        sock = bind_socket(config.s3_host, config.s3_port, reuse_port=True)
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                run_worker(config, sock)
+            except BaseException:  # noqa: BLE001
+                log.exception("worker crashed")
+                code = 1
+            os._exit(code)
+        sock.close()
+        children[pid] = slot
+
+    def forward(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in range(config.workers):
+        spawn(slot)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is not None and not stopping:
+            log.error("worker %d exited (status %d); starting a new one", pid, status)
+            time.sleep(0.2)
+            spawn(slot)

@@ -1,0 +1,150 @@
+"""Blobs as files in a local (or shared) directory.
+
+Layout under ``root``::
+
+    blobs/<3 hex>/<blob id>    committed blobs, 4096 fan-out directories created once at start
+    tmp/<blob id>.<pid>        blobs being written; anything here at start is a crash leftover
+
+Temp files live in their own directory on the same filesystem, so the rename into ``blobs/`` is atomic and a
+crash leaves either no blob or a whole, fsynced one. The fan-out directories are made (and fsynced) at start so
+no PUT pays for a ``mkdir``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+
+_FANOUT_HEX = 3
+_COPY_CHUNK = 64 << 20
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobWriter:
+    __slots__ = ("blob_id", "_store", "_tmp", "_fd", "_done")
+
+    def __init__(self, store: "FileDataStore", blob_id: str) -> None:
+        self.blob_id = blob_id
+        self._store = store
+        self._tmp = os.path.join(store.tmp_dir, f"{blob_id}.{os.getpid()}")
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._done = False
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def commit(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        final = self._store.blob_path(self.blob_id)
+        os.rename(self._tmp, final)
+        self._done = True
+        _fsync_dir(os.path.dirname(final))
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if not self._done:
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
+            self._done = True
+
+
+class FileDataStore:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.blob_dir = os.path.join(self.root, "blobs")
+        self.tmp_dir = os.path.join(self.root, "tmp")
+        self._prepare()
+
+    def _prepare(self) -> None:
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.blob_dir, mode=0o700, exist_ok=True)
+        created = False
+        for i in range(16**_FANOUT_HEX):
+            path = os.path.join(self.blob_dir, format(i, f"0{_FANOUT_HEX}x"))
+            try:
+                os.mkdir(path, 0o700)
+                created = True
+            except FileExistsError:
+                pass
+        if created:
+            _fsync_dir(self.blob_dir)
+            _fsync_dir(self.root)
+
+    def new_blob_id(self) -> str:
+        return secrets.token_hex(16)
+
+    def blob_path(self, blob_id: str) -> str:
+        return os.path.join(self.blob_dir, blob_id[:_FANOUT_HEX], blob_id)
+
+    def create(self, blob_id: str | None = None) -> FileBlobWriter:
+        return FileBlobWriter(self, blob_id or self.new_blob_id())
+
+    def open_blob(self, blob_id: str) -> int:
+        return os.open(self.blob_path(blob_id), os.O_RDONLY | os.O_CLOEXEC)
+
+    def has_blob(self, blob_id: str) -> bool:
+        return os.path.exists(self.blob_path(blob_id))
+
+    def copy_into(self, writer: FileBlobWriter, blob_id: str, offset: int, length: int) -> None:
+        src = self.open_blob(blob_id)
+        try:
+            while length > 0:
+                try:
+                    n = os.copy_file_range(src, writer.fd, min(length, _COPY_CHUNK), offset)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    n = self._copy_by_read(src, writer, offset, min(length, _COPY_CHUNK))
+                if n == 0:
+                    raise OSError(errno.EIO, f"blob {blob_id} is shorter than its metadata says")
+                offset += n
+                length -= n
+        finally:
+            os.close(src)
+
+    @staticmethod
+    def _copy_by_read(src: int, writer: FileBlobWriter, offset: int, length: int) -> int:
+        data = os.pread(src, min(length, 8 << 20), offset)
+        writer.write(data)
+        return len(data)
+
+    def delete(self, blob_id: str) -> None:
+        try:
+            os.unlink(self.blob_path(blob_id))
+        except FileNotFoundError:
+            pass
+
+    def remove_temp_files(self) -> int:
+        removed = 0
+        for name in os.listdir(self.tmp_dir):
+            try:
+                os.unlink(os.path.join(self.tmp_dir, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def iter_blob_ids(self):
+        for sub in sorted(os.listdir(self.blob_dir)):
+            yield from os.listdir(os.path.join(self.blob_dir, sub))
