@@ -21,6 +21,7 @@ Example ``atoll.toml``::
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -103,11 +104,11 @@ def _coerce(name: str, kind: type, value: Any, source: str, problems: list[str])
                 return tuple(value)
             raise ValueError
         if kind is int:
-            if isinstance(value, bool):
+            if isinstance(value, (bool, float)):  # int(2.5) would silently truncate
                 raise ValueError
             return int(value)
         if kind is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):  # nan passes every "<= 0" check
                 raise ValueError
             return float(value)
         if not isinstance(value, str):
@@ -117,6 +118,25 @@ def _coerce(name: str, kind: type, value: Any, source: str, problems: list[str])
         expected = {tuple: "a list of strings", int: "an integer", float: "a number", str: "a string"}[kind]
         problems.append(f"{name} ({source}): expected {expected}, got {value!r}")
         return None
+
+
+_FILE_PATHS = {file_path for _, file_path, _ in _SETTINGS.values()}
+_FILE_TABLES = {file_path[:i] for file_path in _FILE_PATHS for i in range(1, len(file_path))}
+
+
+def _unknown_file_keys(table: Mapping[str, Any], at: tuple[str, ...] = ()) -> list[str]:
+    """Keys of the TOML file that name no setting, at any depth (a typo in [timeouts] must not pass silently)."""
+    found = []
+    for key, value in table.items():
+        here = (*at, key)
+        if here in _FILE_TABLES:
+            if isinstance(value, Mapping):
+                found.extend(_unknown_file_keys(value, here))
+            else:
+                found.append(f"{'.'.join(here)} must be a table ([{'.'.join(here)}]), got {value!r}")
+        elif here not in _FILE_PATHS:
+            found.append(f"unknown setting {'.'.join(here)!r}")
+    return found
 
 
 def _dig(table: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -145,10 +165,7 @@ def load(config_file: str | None = None, flags: Mapping[str, Any] | None = None,
             problems.append(f"config file {path}: not valid TOML ({exc})")
         except OSError as exc:
             problems.append(f"config file {path}: cannot be read ({exc.strerror})")
-        known_top = {p[0] for _, p, _ in _SETTINGS.values()}
-        for key in file_table:
-            if key not in known_top:
-                problems.append(f"config file {path}: unknown setting {key!r}")
+        problems.extend(f"config file {path}: {problem}" for problem in _unknown_file_keys(file_table))
     for name, (kind, file_path, env_var) in _SETTINGS.items():
         raw = _dig(file_table, file_path)
         if raw is not None:

@@ -34,7 +34,7 @@ without its CRLF), and one empty line between the final chunk and the trailer (M
 Signatures: when ``auth.payload_mode`` is ``streaming-signed`` or ``streaming-signed-trailer`` every chunk needs
 ``chunk-signature`` = HMAC(signing key, ``AWS4-HMAC-SHA256-PAYLOAD\\n<amz_date>\\n<scope>\\n<previous
 signature>\\n<sha256("")>\\n<sha256(chunk data)>``), chained from the request's seed signature; in
-``streaming-signed-trailer`` the trailer needs ``x-amz-trailer-signature`` = HMAC(signing key,
+``streaming-signed-trailer`` a trailer needs ``x-amz-trailer-signature`` = HMAC(signing key,
 ``AWS4-HMAC-SHA256-TRAILER\\n<amz_date>\\n<scope>\\n<final chunk signature>\\n<sha256(trailer)>``), where the
 trailer is each header other than the signature as ``name:value\\n``. In signed streams a chunk's data is
 returned only once its signature has verified, so a caller never sees unauthenticated bytes; unsigned streams
@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from atoll.auth.sigv4 import EMPTY_SHA256, AuthContext
+from atoll.auth.sigv4 import EMPTY_SHA256, AuthContext, hmac_sha256_hex
 
 __all__ = ["AwsChunkedDecoder", "ChunkedError", "MAX_LINE"]
 
@@ -60,7 +60,6 @@ _MAX_TRAILER_LINES = 64
 _SIGNATURE_EXTENSION = b"chunk-signature="
 _TRAILER_SIGNATURE = "x-amz-trailer-signature"
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
-_SIGNATURE_DIGITS = frozenset(b"0123456789abcdef")
 _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 # Decoder states.
@@ -88,7 +87,7 @@ class AwsChunkedDecoder:
         self._signed_chunks = mode in ("streaming-signed", "streaming-signed-trailer")
         self._signed_trailer = mode == "streaming-signed-trailer"
         if self._signed_chunks:
-            self._signing_key = auth.signing_key
+            self._sign = hmac_sha256_hex(auth.signing_key)
             # Everything in a chunk's string to sign up to the previous signature is fixed for the request.
             self._chunk_prefix = f"AWS4-HMAC-SHA256-PAYLOAD\n{auth.amz_date}\n{auth.scope}\n".encode()
             self._trailer_prefix = f"AWS4-HMAC-SHA256-TRAILER\n{auth.amz_date}\n{auth.scope}\n".encode()
@@ -101,17 +100,18 @@ class AwsChunkedDecoder:
         self._chunk_signature = b""
         self._chunk_hash = None
         self._held = bytearray()  # the straddling part of a signed chunk, held until the chunk verifies
-        self._decoded = 0
+        self._declared_total = 0  # payload bytes announced by the chunk headers so far
         self._trailer_lines: list[tuple[str, str]] = []
         self._blank_before_trailer = False
+        self._at_end_of_body = False  # finish() was called
         self._trailers: dict[str, str] | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
         """Consume the next piece of the body; return the payload pieces it completed (possibly none)."""
         if self._error is not None:
             raise self._error
+        view = memoryview(data)  # outside the try: a non-buffer argument is the caller's bug, not the client's
         try:
-            view = memoryview(data)
             if view.ndim != 1 or view.itemsize != 1:
                 view = view.cast("B")
             return self._feed(view)
@@ -133,12 +133,15 @@ class AwsChunkedDecoder:
                         line = line[:-1]
                     if line:
                         self._add_trailer_line(self._checked_line(line))
+                self._at_end_of_body = True
                 self._complete()
             if self._state != _DONE:
                 raise ChunkedError("IncompleteBody", "the request body ended before the final aws-chunked chunk")
             return dict(self._trailers or {})
         except ChunkedError as error:
             self._fail(error)
+        except Exception as error:  # as in feed(): never anything but a ChunkedError
+            self._fail(ChunkedError("InvalidRequest", f"malformed aws-chunked body ({type(error).__name__})"))
 
     # --- internals ----------------------------------------------------------------------------------------------
 
@@ -233,9 +236,9 @@ class AwsChunkedDecoder:
         if size > self._max_chunk:
             raise ChunkedError("InvalidRequest",
                                f"aws-chunked chunk of {size} bytes exceeds the limit of {self._max_chunk} bytes")
-        if self._decoded_length is not None and self._decoded + size > self._decoded_length:
+        if self._decoded_length is not None and self._declared_total + size > self._decoded_length:
             raise ChunkedError("InvalidRequest", "the aws-chunked body is longer than x-amz-decoded-content-length")
-        self._decoded += size
+        self._declared_total += size
         if self._signed_chunks:
             signature = b""
             for extension in extensions.split(b";"):
@@ -253,15 +256,15 @@ class AwsChunkedDecoder:
         # The final, empty chunk.
         if self._signed_chunks:
             self._verify_chunk()
-        if self._decoded_length is not None and self._decoded != self._decoded_length:
-            raise ChunkedError("IncompleteBody", f"the aws-chunked body decoded to {self._decoded} bytes, but "
+        if self._decoded_length is not None and self._declared_total != self._decoded_length:
+            raise ChunkedError("IncompleteBody", f"the aws-chunked body decoded to {self._declared_total} bytes, but "
                                f"x-amz-decoded-content-length is {self._decoded_length}")
         self._state = _TRAILER
 
     def _verify_chunk(self) -> None:
         string_to_sign = b"%s%s\n%s\n%s" % (self._chunk_prefix, self._previous_signature, EMPTY_SHA256.encode(),
                                             self._chunk_hash.hexdigest().encode())
-        expected = hmac.digest(self._signing_key, string_to_sign, "sha256").hex().encode()
+        expected = self._sign(string_to_sign).encode()
         if not hmac.compare_digest(expected, self._chunk_signature.lower()):
             raise ChunkedError("SignatureDoesNotMatch", "an aws-chunked chunk-signature does not match")
         self._previous_signature = expected
@@ -298,6 +301,9 @@ class AwsChunkedDecoder:
             else:
                 trailers[name] = f"{trailers[name]},{value}" if name in trailers else value
         if self._trailer_expected and not trailers:
+            if self._at_end_of_body and not self._trailer_lines and not self._blank_before_trailer:
+                # Nothing at all after the final chunk: the body was cut short before its trailer.
+                raise ChunkedError("IncompleteBody", "the request body ended before the aws-chunked trailer")
             raise ChunkedError("MalformedTrailerError", "the aws-chunked body has no trailer, but x-amz-trailer "
                                "declared one")
         if not self._trailer_expected and self._trailer_lines:
@@ -322,7 +328,6 @@ class AwsChunkedDecoder:
             canonical = "".join(f"{name}:{value}\n" for name, value in order).encode("latin-1")
             string_to_sign = b"%s%s\n%s" % (self._trailer_prefix, self._previous_signature,
                                             hashlib.sha256(canonical).hexdigest().encode())
-            expected = hmac.digest(self._signing_key, string_to_sign, "sha256").hex().encode()
-            if hmac.compare_digest(expected, provided):
+            if hmac.compare_digest(self._sign(string_to_sign).encode(), provided):
                 return
         raise ChunkedError("SignatureDoesNotMatch", "the aws-chunked x-amz-trailer-signature does not match")

@@ -10,9 +10,9 @@ Contract
 * raises ``AuthError(code, message)`` otherwise, ``code`` being the S3 error code to send.
 
 Inputs are what came off the wire: ``raw_path`` percent-encoded and not normalised, ``raw_query`` without the
-``?`` (may be ""), ``headers`` with lower-case names and repeated headers joined with ",". Header values should be
-decoded from bytes as latin-1 (the HTTP norm, and what makes UTF-8 values signed by botocore match); path and
-query as UTF-8 or ASCII.
+``?`` (may be ""), ``headers`` with lower-case names and repeated headers joined with ",". Decode the request
+target with ``bytes.decode("utf-8", "surrogateescape")`` (which gives back the exact bytes when re-encoded) and
+header values with ``latin-1`` (the HTTP norm; both botocore's and CRT's non-ASCII values then verify).
 
 What the caller still owes after a successful verification (this module never sees the body):
 
@@ -77,7 +77,6 @@ _PRESIGNED_CACHE_SIZE = 4096
 _PRESIGNED_CACHE_MAX_URL = 8192
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 # Headers that only add integrity checks or aws-chunked framing. A presigned URL's holder may add them without
 # having signed them (they cannot change what the request does); every other x-amz-* header must be signed.
@@ -123,7 +122,9 @@ class AuthContext:
 
 def clear_caches() -> None:
     """Forget cached signing keys and presigned verifications (for tests, and after rotating secrets)."""
-    derive_signing_key.cache_clear()
+    for cached in (derive_signing_key, hmac_sha256_hex, _parse_credential, _parse_signed_headers, _parse_amz_date,
+                   _cached_canonical_query, _reencode_component):
+        cached.cache_clear()
     _presigned_cache.clear()
 
 
@@ -134,6 +135,32 @@ def derive_signing_key(secret: str, date: str, region: str) -> bytes:
     key = hmac.digest(key, region.encode("utf-8", "surrogateescape"), "sha256")
     key = hmac.digest(key, b"s3", "sha256")
     return hmac.digest(key, b"aws4_request", "sha256")
+
+
+@lru_cache(maxsize=256)
+def hmac_sha256_hex(key: bytes) -> Callable[[bytes], str]:
+    """A function computing HMAC-SHA256(key, message) as hex, several times faster than ``hmac.digest``.
+
+    OpenSSL 3 spends most of a one-shot HMAC setting up its context; hashing the padded key once and copying
+    the two hash states per message costs a fraction of that. Cached per key: a request, and every chunk of an
+    aws-chunked body, signs with the same derived key.
+    """
+    padded = key.ljust(64, b"\0") if len(key) <= 64 else hashlib.sha256(key).digest().ljust(64, b"\0")
+    inner_start = hashlib.sha256(padded.translate(_XOR_36))
+    outer_start = hashlib.sha256(padded.translate(_XOR_5C))
+
+    def sign(message: bytes) -> str:
+        inner = inner_start.copy()
+        inner.update(message)
+        outer = outer_start.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+    return sign
+
+
+_XOR_36 = bytes(byte ^ 0x36 for byte in range(256))
+_XOR_5C = bytes(byte ^ 0x5C for byte in range(256))
 
 
 def verify_request(
@@ -219,24 +246,27 @@ def _parse_authorization(value: str) -> tuple[str, str, str]:
                         f"The authorization header is malformed; missing {missing.args[0]}.") from None
 
 
+@lru_cache(maxsize=1024)  # one credential string per key, region and day: worth not re-splitting
 def _parse_credential(credential: str, error_code: str) -> tuple[str, str, str, str]:
     """(access key, date, region, scope) from ``AK/date/region/s3/aws4_request``."""
     parts = credential.rsplit("/", 4)  # rsplit: the access key is the only part that could hold a "/"
-    if len(parts) != 5 or not parts[0] or not parts[2] or len(parts[1]) != 8 or not parts[1].isdigit():
-        raise AuthError(error_code, "The authorization header is malformed; the Credential is mal-formed; "
-                        "expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".")
+    if len(parts) != 5 or not parts[0] or not parts[2] or len(parts[1]) != 8 or not parts[1].isascii() \
+            or not parts[1].isdigit():
+        raise AuthError(error_code, "The Credential is malformed; expecting "
+                        "\"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".")
     access_key, date, region, service, terminator = parts
     if service != "s3":
-        raise AuthError(error_code, f"The authorization header is malformed; incorrect service {service!r}. "
-                        "This endpoint belongs to 's3'.")
+        raise AuthError(error_code, f"The Credential has the incorrect service {service!r}; this endpoint "
+                        "belongs to 's3'.")
     if terminator != "aws4_request":
-        raise AuthError(error_code, f"The authorization header is malformed; incorrect terminal {terminator!r}. "
-                        "This endpoint uses 'aws4_request'.")
+        raise AuthError(error_code, f"The Credential has the incorrect terminal {terminator!r}; this endpoint "
+                        "uses 'aws4_request'.")
     return access_key, date, region, f"{date}/{region}/s3/aws4_request"
 
 
-def _parse_signed_headers(signed_headers: str, error_code: str) -> list[str]:
-    names = signed_headers.split(";")
+@lru_cache(maxsize=1024)  # clients send the same few header sets over and over
+def _parse_signed_headers(signed_headers: str, error_code: str) -> tuple[str, ...]:
+    names = tuple(signed_headers.split(";"))
     if "host" not in names:
         raise AuthError(error_code, "The host header must be signed (SignedHeaders must include host).")
     return names
@@ -244,7 +274,8 @@ def _parse_signed_headers(signed_headers: str, error_code: str) -> list[str]:
 
 # --- presigned URLs ---------------------------------------------------------------------------------------------
 
-# (method, host, raw path, raw query) -> _PresignedEntry; insertion-ordered, so the first key is the oldest.
+# (method, host, raw path, raw query) -> (context, expires_at, not_before, secret, signed header names, their
+# values, x-amz-content-sha256 as sent). Insertion-ordered, so the first key is the oldest, evicted first.
 _presigned_cache: dict[tuple[str, str, str, str], tuple] = {}
 
 
@@ -255,7 +286,7 @@ def _verify_presigned(method, raw_path, raw_query, headers, secret_for, now, max
         if name.startswith("X-Amz-") or name in ("AWSAccessKeyId", "Signature"):
             if name in auth_params:
                 raise AuthError("AuthorizationQueryParametersError", f"Duplicate query parameter {name}.")
-            auth_params[name] = unquote(value)
+            auth_params[name] = unquote(value) if "%" in value else value
     if "X-Amz-Algorithm" not in auth_params and "X-Amz-Signature" not in auth_params:
         if "AWSAccessKeyId" in auth_params and "Signature" in auth_params:
             raise AuthError("InvalidRequest", _ONLY_SIGV4)
@@ -314,7 +345,7 @@ def _verify_presigned(method, raw_path, raw_query, headers, secret_for, now, max
 
     if len(raw_path) + len(raw_query) <= _PRESIGNED_CACHE_MAX_URL:
         signed_values = tuple(headers.get(name) for name in signed_names)
-        entry = (context, expires_at, not_before, secret, tuple(signed_names), signed_values, declared_payload)
+        entry = (context, expires_at, not_before, secret, signed_names, signed_values, declared_payload)
         while len(_presigned_cache) >= _PRESIGNED_CACHE_SIZE:
             try:
                 del _presigned_cache[next(iter(_presigned_cache))]
@@ -360,26 +391,30 @@ def _check_signature(signature, signing_key, amz_date, scope, access_key, method
     fails, so they cost nothing on the success path.
     """
     provided = signature.lower().encode("ascii", "replace")
+    sign = hmac_sha256_hex(signing_key)
+    # Everything but the canonical request's hash is the same for every candidate.
+    sts_prefix = f"{ALGORITHM}\n{amz_date}\n{scope}\n"
+    headers_part = f"{canonical_headers}\n{signed_headers}\n"
     exact_query = _canonical_query(raw_query, excluded_param)
-    first_canonical = None
-    for path, query, payload in _candidates(raw_path, raw_query, exact_query, excluded_param, payload_candidates):
-        canonical = f"{method}\n{path}\n{query}\n{canonical_headers}\n{signed_headers}\n{payload}"
-        string_to_sign = (f"{ALGORITHM}\n{amz_date}\n{scope}\n"
-                          f"{hashlib.sha256(canonical.encode('utf-8', 'surrogateescape')).hexdigest()}")
-        expected = hmac.digest(signing_key, string_to_sign.encode("utf-8", "surrogateescape"), "sha256").hex()
-        if hmac.compare_digest(expected.encode("ascii"), provided):
+    canonical = f"{method}\n{raw_path}\n{exact_query}\n{headers_part}{payload_candidates[0]}"
+    string_to_sign = sts_prefix + hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
+    if hmac.compare_digest(sign(string_to_sign.encode("utf-8", "surrogateescape")).encode(), provided):
+        return payload_candidates[0]
+    first_attempt = {"AWSAccessKeyId": access_key, "CanonicalRequest": canonical, "StringToSign": string_to_sign}
+    for path, query, payload, headers_bytes in _candidates(raw_path, raw_query, exact_query, excluded_param,
+                                                           payload_candidates, headers_part):
+        canonical_bytes = (f"{method}\n{path}\n{query}\n".encode("utf-8", "surrogateescape") + headers_bytes
+                           + payload.encode("utf-8", "surrogateescape"))
+        string_to_sign = sts_prefix + hashlib.sha256(canonical_bytes).hexdigest()
+        if hmac.compare_digest(sign(string_to_sign.encode("utf-8", "surrogateescape")).encode(), provided):
             return payload
-        if first_canonical is None:
-            first_canonical = (canonical, string_to_sign)
     raise AuthError("SignatureDoesNotMatch", "The request signature we calculated does not match the signature "
-                    "you provided. Check your key and signing method.",
-                    details={"AWSAccessKeyId": access_key, "CanonicalRequest": first_canonical[0],
-                             "StringToSign": first_canonical[1]})
+                    "you provided. Check your key and signing method.", details=first_attempt)
 
 
-def _candidates(raw_path, raw_query, exact_query, excluded_param, payload_candidates):
-    """(path, query, payload hash) combinations to try, the exact S3 form first."""
-    yield raw_path, exact_query, payload_candidates[0]
+def _candidates(raw_path, raw_query, exact_query, excluded_param, payload_candidates, headers_part):
+    """The (path, query, payload hash, canonical headers as bytes) combinations to try after the exact S3 form
+    failed."""
     paths = [raw_path]
     reencoded_path = _reencode_path(raw_path)
     if reencoded_path != raw_path:
@@ -388,11 +423,21 @@ def _candidates(raw_path, raw_query, exact_query, excluded_param, payload_candid
     as_sent_query = _as_sent_query(raw_query, excluded_param)
     if as_sent_query != exact_query:
         queries.append(as_sent_query)
+    # Header values arrive decoded as latin-1. botocore signs the text (UTF-8 in the canonical request); CRT signs
+    # the bytes it sent, which latin-1 gives back. They only differ for non-ASCII values.
+    headers_variants = [headers_part.encode("utf-8", "surrogateescape")]
+    if not headers_part.isascii():
+        try:
+            headers_variants.append(headers_part.encode("latin-1"))
+        except UnicodeEncodeError:
+            pass
+    first = (raw_path, exact_query, payload_candidates[0], headers_variants[0])
     for payload in payload_candidates:
         for path in paths:
             for query in queries:
-                if (path, query, payload) != (raw_path, exact_query, payload_candidates[0]):
-                    yield path, query, payload
+                for headers_bytes in headers_variants:
+                    if (path, query, payload, headers_bytes) != first:
+                        yield path, query, payload, headers_bytes
 
 
 def _canonical_query(raw_query: str, excluded_param: str | None) -> str:
@@ -400,6 +445,17 @@ def _canonical_query(raw_query: str, excluded_param: str | None) -> str:
     valueless. ``+`` is a literal plus (AWS never reads it as a space), so it canonicalises to ``%2B``."""
     if not raw_query:
         return ""
+    if len(raw_query) <= 512:
+        return _cached_canonical_query(raw_query, excluded_param)
+    return _compute_canonical_query(raw_query, excluded_param)
+
+
+@lru_cache(maxsize=4096)  # listings, part uploads and ranged reads repeat the same query strings
+def _cached_canonical_query(raw_query: str, excluded_param: str | None) -> str:
+    return _compute_canonical_query(raw_query, excluded_param)
+
+
+def _compute_canonical_query(raw_query: str, excluded_param: str | None) -> str:
     pairs = []
     for pair in raw_query.split("&"):
         if not pair:
@@ -424,6 +480,13 @@ def _as_sent_query(raw_query: str, excluded_param: str | None) -> str:
 def _encode_component(text: str) -> str:
     if _UNRESERVED.issuperset(text):
         return text  # the usual case (uploads, partNumber=3, list-type=2): nothing to decode or encode
+    if len(text) <= 256:
+        return _reencode_component(text)
+    return quote_from_bytes(unquote_to_bytes(text.encode("utf-8", "surrogateescape")), safe="")
+
+
+@lru_cache(maxsize=4096)  # prefixes, delimiters and upload ids repeat from request to request
+def _reencode_component(text: str) -> str:
     return quote_from_bytes(unquote_to_bytes(text.encode("utf-8", "surrogateescape")), safe="")
 
 
@@ -431,7 +494,7 @@ def _reencode_path(raw_path: str) -> str:
     return quote_from_bytes(unquote_to_bytes(raw_path.encode("utf-8", "surrogateescape")), safe="/")
 
 
-def _canonical_headers(signed_names: list[str], headers: Mapping[str, str]) -> str:
+def _canonical_headers(signed_names, headers: Mapping[str, str]) -> str:
     """``name:value\\n`` for each signed header, values trimmed with inner whitespace runs collapsed. A signed
     header missing from the request canonicalises as empty, so the signature check fails rather than crashes."""
     lines = []
@@ -439,9 +502,7 @@ def _canonical_headers(signed_names: list[str], headers: Mapping[str, str]) -> s
         value = headers.get(name)
         if value is None:
             value = headers.get(name.lower(), "")
-        if "  " in value or "\t" in value or value[:1] == " " or value[-1:] == " " or "\n" in value:
-            value = " ".join(value.split())
-        lines.append(f"{name}:{value}\n")
+        lines.append(f"{name}:{' '.join(value.split())}\n")  # join(split()) beats checking whether it's needed
     return "".join(lines)
 
 
@@ -459,8 +520,12 @@ def _payload_mode(declared: str) -> tuple[str, str | None]:
     mode = _PAYLOAD_MODES.get(declared)
     if mode is not None:
         return mode, None
-    if len(declared) == 64 and _HEX_DIGITS.issuperset(declared):
-        return "sha256", declared.lower()
+    if len(declared) == 64:
+        try:
+            if len(bytes.fromhex(declared)) == 32:  # 32 bytes from 64 characters: no whitespace slipped in
+                return "sha256", declared.lower()
+        except ValueError:
+            pass
     raise AuthError("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
                     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER, "
                     "STREAMING-UNSIGNED-PAYLOAD-TRAILER or a valid sha256 value.")
@@ -468,6 +533,7 @@ def _payload_mode(declared: str) -> tuple[str, str | None]:
 
 # --- dates ------------------------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=256)  # at thousands of requests per second, most share their second with another
 def _parse_amz_date(value: str) -> float | None:
     """Seconds since the epoch for ``YYYYMMDDTHHMMSSZ``, or None if malformed."""
     if len(value) != 16 or value[8] != "T" or value[15] != "Z":
@@ -489,7 +555,7 @@ def _midnight(date: str) -> int | None:
     if not (date.isascii() and date.isdigit()):
         return None
     year, month, day = int(date[0:4]), int(date[4:6]), int(date[6:8])
-    if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1] or year < 1970:
+    if year < 1970 or not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
     return calendar.timegm((year, month, day, 0, 0, 0))
 

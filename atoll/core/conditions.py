@@ -4,6 +4,7 @@ them, evaluated against an object version. Pure logic shared by every front end.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 
 from atoll import errors
@@ -27,9 +28,12 @@ def _etags(header: str) -> list[str]:
 
 def parse_http_date(value: str) -> float | None:
     try:
-        return parsedate_to_datetime(value).timestamp()
+        moment = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    if moment.tzinfo is None:  # the asctime form has no zone; HTTP dates are always GMT, never server-local
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
 
 
 def check(conditions: ReadConditions, etag: str, last_modified: float) -> None:

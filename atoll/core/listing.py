@@ -13,6 +13,7 @@ from atoll.core.models import ListEntry
 from atoll.stores.meta.base import MetaStore
 
 _MAX_CODE_POINT = 0x10FFFF
+_PROBE_ROWS = 8
 
 
 def prefix_successor(prefix: str) -> str | None:
@@ -28,6 +29,14 @@ def prefix_successor(prefix: str) -> str | None:
             return "".join(chars)
         chars.pop()
     return None
+
+
+def _is_common_prefix(name: str, prefix: str, delimiter: str) -> bool:
+    """True if ``name`` is what a key rolls up to under ``prefix``: it ends at the first delimiter after it."""
+    if not name.startswith(prefix):
+        return False
+    at = name.find(delimiter, len(prefix))
+    return at >= 0 and at + len(delimiter) == len(name)
 
 
 @dataclass(slots=True)
@@ -46,13 +55,23 @@ async def list_page(meta: MetaStore, bucket: str, *, prefix: str = "", delimiter
     end = prefix_successor(prefix) if prefix else None
     if prefix and start_after < prefix:
         cursor, inclusive = prefix, True
+    elif delimiter and _is_common_prefix(start_after, prefix, delimiter):
+        # A page that ended on a common prefix continues after it (a v1 NextMarker or a v2 token names it):
+        # the keys under it were rolled up already and must not come back as the same prefix.
+        successor = prefix_successor(start_after)
+        if successor is None:
+            return page
+        cursor, inclusive = successor, True
     else:
         cursor, inclusive = start_after, False
     if end is not None and cursor >= end:
         return page
     count = 0
+    # With a delimiter, a batch may end at its first key (a rolled-up prefix, then a seek): ask for a few keys
+    # after each seek and grow while the keys stay plain, so a page of 1,000 prefixes reads ~1,000 rows, not 1M.
+    probe = _PROBE_ROWS if delimiter else max_keys
     while count < max_keys:
-        wanted = max_keys - count
+        wanted = min(max_keys - count, probe)
         batch = await meta.list_objects(bucket, cursor, inclusive, end, wanted)
         if not batch:
             return page
@@ -78,5 +97,6 @@ async def list_page(meta: MetaStore, bucket: str, *, prefix: str = "", delimiter
             cursor, inclusive = key, False
         if not jumped and len(batch) < wanted:
             return page  # the store had fewer keys than asked for: nothing follows
+        probe = _PROBE_ROWS if jumped else probe * 4
     page.truncated = bool(await meta.list_objects(bucket, cursor, inclusive, end, 1))
     return page

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Sequence
 
@@ -38,6 +39,7 @@ MAX_OBJECT_SIZE = 5 << 40  # S3's 5 TiB
 MAX_SINGLE_PUT = 5 << 30  # S3's 5 GiB for one PutObject or UploadPart
 GC_GRACE_SECONDS = 10.0  # a reader that looked up a row just before an overwrite can still open its blob
 _IDENTITY_TTL = 5.0
+SMALL_OBJECT_CACHE_MAX = 64 << 10  # objects up to this size are kept in memory when read
 _BUCKET_TTL = 1.0
 
 # Given the digests of a staged body and its size, a front end checks what the client declared and returns
@@ -80,7 +82,7 @@ class CopySource:
 
 class Namespace:
     def __init__(self, meta: MetaStore, data: DataStore, *, region: str = "us-east-1",
-                 min_part_size: int = MIN_PART_SIZE) -> None:
+                 min_part_size: int = MIN_PART_SIZE, small_cache_bytes: int = 64 << 20) -> None:
         self.meta = meta
         self.data = data
         self.region = region
@@ -88,6 +90,9 @@ class Namespace:
         self._identities: dict[str, tuple[Identity | None, float]] = {}
         self._buckets: dict[str, tuple[Bucket | None, float]] = {}
         self._gc_task: asyncio.Task | None = None
+        self.small_cache_bytes = small_cache_bytes
+        self._small_objects: OrderedDict[str, bytes] = OrderedDict()
+        self._small_bytes = 0
 
     # identities --------------------------------------------------------------------------------------
     async def identity(self, access_key: str) -> Identity | None:
@@ -183,17 +188,52 @@ class Namespace:
             raise
         return opened
 
+    def _small_content(self, version: ObjectVersion) -> bytes | None:
+        """The whole content of a small single-blob version, served from memory when hot.
+
+        Keyed by version id, which names immutable bytes, so the cache never needs invalidating: an overwrite
+        makes a new version and the old entry simply ages out. Reading a miss is one pread of at most
+        SMALL_OBJECT_CACHE_MAX bytes, from the page cache in the common case.
+        """
+        if version.size > SMALL_OBJECT_CACHE_MAX or len(version.extents) != 1:
+            return None
+        cache = self._small_objects
+        data = cache.get(version.version_id)
+        if data is not None:
+            cache.move_to_end(version.version_id)
+            return data
+        extent = version.extents[0]
+        fd = self.data.open_blob(extent.blob_id)
+        try:
+            data = os.pread(fd, extent.length, extent.offset)
+        finally:
+            os.close(fd)
+        if len(data) != extent.length:
+            raise errors.Unavailable("Object data is shorter than its metadata; run atoll fsck.")
+        cache[version.version_id] = data
+        self._small_bytes += len(data)
+        while self._small_bytes > self.small_cache_bytes and cache:
+            _, evicted = cache.popitem(last=False)
+            self._small_bytes -= len(evicted)
+        return data
+
     async def open_object(self, identity: Identity | None, bucket: str, key: str,
                           byte_range: Callable[[ObjectVersion], tuple[int, int]],
-                          conditions: ReadConditions | None = None) -> tuple[ObjectVersion, int, int, list]:
+                          conditions: ReadConditions | None = None
+                          ) -> tuple[ObjectVersion, int, int, bytes | list[tuple[int, int, int]]]:
         """Look up, check conditions, and open the bytes of a key in one step. ``byte_range(version)`` returns
-        [start, end) (it may raise InvalidRange). Retries once if an overwrite won the race for the blob."""
+        [start, end) (it may raise InvalidRange). The bytes come back either as ``bytes`` (small objects, from
+        memory) or as open (fd, offset, length) extents for sendfile. Retries once if an overwrite won the race
+        for the blob."""
         for attempt in (0, 1):
             version = await self.head_object(identity, bucket, key)
             if conditions is not None and not conditions.empty:
                 check_conditions(conditions, version.etag, version.last_modified)
             start, end = byte_range(version)
             try:
+                small = self._small_content(version)
+                if small is not None:
+                    return version, start, end, small if (start, end) == (0, version.size) else small[start:end]
                 return version, start, end, self.open_range(version, start, end)
             except FileNotFoundError:
                 if attempt:

@@ -220,6 +220,7 @@ class HttpConnection(asyncio.Protocol):
         self._waiting_writable = False
         self._drain_waiter: asyncio.Future | None = None
         self._closed = False
+        self._peer_eof = False  # the client half-closed: answer what is complete, then close
         self.last_activity = time.monotonic()
         self.head_started: float | None = None  # when the first byte of a request head arrived
 
@@ -271,8 +272,14 @@ class HttpConnection(asyncio.Protocol):
                 self._reject(400, "BadRequest", "The HTTP request could not be parsed.")
 
     def eof_received(self) -> bool | None:
-        # A half-closed client still gets its pending responses if the request was complete.
-        return True
+        # The client will send nothing more. A request it cut off (a partial head, or a body short of its length)
+        # can never complete: fail it now rather than hold it, and its temp file, until a timeout. Complete
+        # requests still get their answers (a half-closed client may be waiting for them), then ``_next`` closes.
+        self._peer_eof = True
+        current = self._current
+        if current is not None and not current._complete:
+            current._fail(ConnectionResetError("the client closed the connection before sending the whole body"))
+        return self.busy  # False: nothing left to answer, so the transport closes now
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -311,9 +318,10 @@ class HttpConnection(asyncio.Protocol):
         req = Request(self, method, bytes(self._url), self._headers, self.parser.should_keep_alive())
         self.head_started = None
         self._current = req
-        if method == "HEAD":
-            # llhttp otherwise waits for a body on a HEAD that carries Content-Length.
-            pass
+        if not req.content_length and "chunked" not in req.headers.get("transfer-encoding", "").lower():
+            req._complete = True  # no body follows: the handler may answer before llhttp reports the message end
+        if self._closed:
+            return
         if self._active is None:
             self._start(req)
         else:
@@ -331,8 +339,16 @@ class HttpConnection(asyncio.Protocol):
 
     # request execution -------------------------------------------------------------------------------
     def _start(self, req: Request) -> None:
+        """Run the request's handler eagerly: most GETs and HEADs of hot objects finish without ever waiting,
+        and a task per request would cost more than the whole handler. Only a handler that suspends gets a task,
+        which drives it on from where it stopped."""
         self._active = req
-        self._task = self.loop.create_task(self._run(req))
+        coro = self._run(req)
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            return
+        self._task = self.loop.create_task(_drive(coro, awaited))
 
     async def _run(self, req: Request) -> None:
         sent = 0
@@ -341,6 +357,7 @@ class HttpConnection(asyncio.Protocol):
             try:
                 response = await self.app.handle(req)
             except ClientGone:
+                status = 499  # logged as nginx does: the client went away, this is no server error
                 self._abort()
                 return
             except Exception:  # noqa: BLE001 - last line of defence: answer 500, log, keep serving others
@@ -362,8 +379,12 @@ class HttpConnection(asyncio.Protocol):
         if self._closed:
             return
         if self._queue:
-            self._start(self._queue.popleft())
-        elif self.server.stopping:
+            # Not run from here: ``_next`` is called at the end of a (possibly eager) handler, and a pipelined
+            # burst would otherwise nest one handler inside the other's stack.
+            req = self._queue.popleft()
+            self._active = req
+            self.loop.call_soon(self._start, req)
+        elif self.server.stopping or self._peer_eof:
             self._close()
 
     async def _send(self, req: Request, response: Response) -> int:
@@ -555,6 +576,27 @@ class HttpConnection(asyncio.Protocol):
 
 class _HeadTooLarge(Exception):
     pass
+
+
+async def _drive(coro, awaited):
+    """Continue a coroutine that was started by hand and suspended on ``awaited`` (a future, or None for a bare
+    yield). The coroutine itself observes the future's outcome when resumed (``Future.__await__`` returns
+    ``result()``), so errors are only swallowed here, never lost."""
+    while True:
+        if awaited is None:
+            await asyncio.sleep(0)
+        else:
+            # The coroutine's own ``await`` marked the future as blocking before yielding it to us; a Task
+            # clears that flag before waiting on it, and so must we, or the future refuses a second waiter.
+            awaited._asyncio_future_blocking = False
+            try:
+                await awaited
+            except BaseException:  # noqa: BLE001 - re-raised inside ``coro`` when it is resumed
+                pass
+        try:
+            awaited = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _set_none(fut: asyncio.Future) -> None:

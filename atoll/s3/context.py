@@ -41,15 +41,20 @@ class S3Context:
         raw = self.query.get(name)
         if raw is None or raw == "":
             return default
-        try:
-            value = int(raw)
-        except ValueError:
+        # Not int() alone: it also takes " 1", "1_0", "+1" and non-ASCII digits such as "١"; S3 takes none.
+        if not _is_integer(raw):
             raise S3Error("InvalidArgument", f"Provided {name} not an integer or within integer range",
-                          ArgumentName=name, ArgumentValue=raw[:64]) from None
+                          ArgumentName=name, ArgumentValue=raw[:64])
+        value = int(raw)
         if value < low or (high is not None and value > high):
             raise S3Error("InvalidArgument", f"Argument {name} must be an integer between {low} and "
                           f"{high if high is not None else 2**31 - 1}", ArgumentName=name, ArgumentValue=raw[:64])
         return value
+
+
+def _is_integer(text: str) -> bool:
+    digits = text[1:] if text[:1] == "-" else text
+    return digits.isascii() and digits.isdigit()
 
 
 def parse_query(raw: str) -> dict[str, str]:

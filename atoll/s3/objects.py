@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 from email.utils import formatdate
+from functools import lru_cache
 from urllib.parse import unquote
 
 from atoll import errors
@@ -15,7 +16,7 @@ from atoll.core.namespace import CopySource
 from atoll.http.server import FileExtent, Response
 from atoll.s3 import xml
 from atoll.s3.context import S3Context
-from atoll.s3.errors import S3Error
+from atoll.s3.errors import S3Error, error_response
 from atoll.s3.payload import body_source
 from atoll.stores.meta.base import WriteCondition
 
@@ -71,6 +72,10 @@ def read_conditions(headers: dict[str, str], prefix: str = "") -> ReadConditions
     )
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """[start, end) for a single satisfiable byte range; None to serve the whole object (no header, a
     malformed one, or several ranges, as S3 does); raises InvalidRange when unsatisfiable."""
@@ -81,7 +86,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     first, sep, last = spec[6:].strip().partition("-")
     first, last = first.strip(), last.strip()
-    if not sep or (first and not first.isdigit()) or (last and not last.isdigit()) or (not first and not last):
+    # isascii(): str.isdigit() is also true of "²", which int() refuses.
+    if not sep or (first and not _digits(first)) or (last and not _digits(last)) or (not first and not last):
         return None
     if first:
         start = int(first)
@@ -97,6 +103,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return max(0, size - suffix), size
 
 
+@lru_cache(maxsize=8192)
+def http_date(seconds: int) -> str:
+    return formatdate(seconds, usegmt=True)
+
+
 def _etag_header(etag: str) -> str:
     return f'"{etag}"'
 
@@ -104,7 +115,7 @@ def _etag_header(etag: str) -> str:
 def object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
     headers = [
         ("ETag", _etag_header(version.etag)),
-        ("Last-Modified", formatdate(int(version.last_modified), usegmt=True)),
+        ("Last-Modified", http_date(int(version.last_modified))),
         ("Accept-Ranges", "bytes"),
         ("Content-Type", version.content_type),
     ]
@@ -134,6 +145,8 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
     if "partNumber" in ctx.query:
         part_number = ctx.int_param("partNumber", 1, low=1, high=10000)
     range_header = headers.get("range")
+    if part_number is not None and range_header is not None:
+        raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter.")
     partial = {"value": False, "parts": 0}
 
     def byte_range(version: ObjectVersion) -> tuple[int, int]:
@@ -141,6 +154,8 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
             if version.part_count == 0:
                 if part_number != 1:
                     raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", status=416)
+                # AWS answers part 1 of a plain object as a range over all of it (206), except when empty.
+                partial["value"] = version.size > 0
                 return 0, version.size
             if part_number > version.part_count:
                 raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", status=416)
@@ -168,12 +183,16 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
                                                                    conditions)
     except errors.InvalidRange as exc:
         size = exc.detail.get("size", 0)
-        raise S3Error("InvalidRange", "The requested range is not satisfiable", status=416,
-                      RangeRequested=range_header or "", ActualObjectSize=str(size)) from None
+        response = error_response("InvalidRange", "The requested range is not satisfiable", 416, ctx.request_id,
+                                  resource={"RangeRequested": range_header or "", "ActualObjectSize": str(size)},
+                                  head=head)
+        # RFC 9110 and S3: a 416 names the current size, which CRT and the .NET SDK use to retry sensibly.
+        response.headers.append(("Content-Range", f"bytes */{size}"))
+        return response
     except errors.NotModified:
         current = await ctx.ns.head_object(ctx.identity, ctx.bucket, ctx.key)
         return Response(304, [("ETag", _etag_header(current.etag)),
-                              ("Last-Modified", formatdate(int(current.last_modified), usegmt=True))])
+                              ("Last-Modified", http_date(int(current.last_modified)))])
 
     out = object_headers(version)
     status = 200
@@ -193,6 +212,8 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
     length = end - start
     if head:
         return Response(status, out, head_only=True, content_length=length)
+    if isinstance(opened, bytes):
+        return Response(status, out, body=opened)
     return Response(status, out, files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length)
 
 
@@ -231,6 +252,8 @@ async def delete_objects(ctx: S3Context) -> Response:
             expected = base64.b64decode(md5.strip(), validate=True)
         except (binascii.Error, ValueError):
             raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.") from None
+        if len(expected) != 16:
+            raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.")
         if expected != hashlib.md5(body).digest():
             raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.")
     keys, quiet = xml.parse_delete(body)

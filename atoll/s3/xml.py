@@ -256,7 +256,9 @@ def parse_complete(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
             continue
         number_text = _child_text(part, "PartNumber")
         etag = _child_text(part, "ETag")
-        if number_text is None or etag is None or not number_text.strip().isdigit():
+        number_text = number_text.strip() if number_text is not None else None
+        # isascii(): str.isdigit() is also true of "²", which int() refuses.
+        if number_text is None or etag is None or not (number_text.isascii() and number_text.isdigit()):
             raise errors.InvalidRequest("Each Part must have a PartNumber and an ETag.", code="MalformedXML")
         sums = {}
         for child in part:

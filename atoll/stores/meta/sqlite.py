@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS garbage (blob_id TEXT PRIMARY KEY, since REAL NOT NUL
 
 _OBJECT_COLUMNS = "bucket, key, version_id, size, etag, last_modified, owner_id, part_count, checksum_type, extents, attrs"
 _BATCH_MAX = 512
+_VERSION_CACHE_ENTRIES = 65536
+_MISS = object()
 
 
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -205,6 +207,8 @@ class SqliteMetaStore:
         self._reader: sqlite3.Connection | None = None
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
+        self._versions: dict[tuple[str, str], ObjectVersion | None] = {}
+        self._versions_generation = -1
 
     # lifecycle -------------------------------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -317,9 +321,32 @@ class SqliteMetaStore:
 
     # objects ---------------------------------------------------------------------------------------------
     async def get_object(self, bucket: str, key: str) -> ObjectVersion | None:
-        row = self._reader.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
-                                   (bucket, key)).fetchone()
-        return _row_to_version(row) if row else None
+        return self.get_object_now(bucket, key)
+
+    def get_object_now(self, bucket: str, key: str) -> ObjectVersion | None:
+        """The current version, from the read cache while no connection has committed since it was filled.
+
+        ``PRAGMA data_version`` changes whenever any other connection (another worker process, or this
+        process's writer thread) commits, so one cheap check per lookup keeps the cache exact without any
+        cross-process signalling; a write anywhere empties it. Versions are treated as immutable by callers.
+        """
+        reader = self._reader
+        generation = reader.execute("PRAGMA data_version").fetchone()[0]
+        cache = self._versions
+        if generation != self._versions_generation:
+            cache.clear()
+            self._versions_generation = generation
+        else:
+            hit = cache.get((bucket, key), _MISS)
+            if hit is not _MISS:
+                return hit
+        row = reader.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
+                             (bucket, key)).fetchone()
+        version = _row_to_version(row) if row else None
+        if len(cache) >= _VERSION_CACHE_ENTRIES:
+            cache.clear()
+        cache[(bucket, key)] = version
+        return version
 
     async def put_object(self, version: ObjectVersion, condition: WriteCondition | None = None) -> ObjectVersion | None:
         def op(conn):

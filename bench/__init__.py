@@ -1,0 +1,1 @@
+"""Atoll's benchmark harness (run with `bash bench/run.sh` or `make bench`; see bench/README.md)."""
