@@ -17,11 +17,12 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 
 from . import benches as benches_mod
 from . import common, data, populate, report
 from .benches import LIST_BUCKET, build
-from .common import GIB, Settings, human_size, run_client
+from .common import Settings, human_size, run_client
 from .peers import EMPTY_SIZE, SMALL_SIZE, AtollPeer, MotoPeer, NginxPeer, Peer, S3Peer
 
 ROW_IDS = ["get1", "ranges8", "put1", "small", "head", "head-paced", "list", "list-botocore"]
@@ -72,6 +73,9 @@ class Run:
                                  s.moto_big_size if self.rows_need(BIG_ROWS) else 0, missing)
         if not s.quick and self.rows_need(BIG_ROWS):
             need = max(need, 3 * 10**9)
+        if self.rows_need(LIST_ROWS) and not os.path.exists(
+                os.path.join(s.bench_dir, f"atoll-list-{s.list_keys}", "populated.json")):
+            need += 400 * s.list_keys  # the listing bucket's index (~300 B per key in SQLite, with margin)
         ok, msg = data.check_space(s.bench_dir, need)
         log(msg)
         if not ok:
@@ -86,7 +90,7 @@ class Run:
 
     def start_peers(self) -> None:
         s = self.s
-        wanted: list[tuple[str, callable]] = []
+        wanted: list[tuple[str, Callable[[], Peer]]] = []
         http = self.rows_need(HTTP_ROWS)
         small = self.rows_need({"small"})
         if "nginx" in s.targets and http:
@@ -353,8 +357,9 @@ def main() -> int:
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    # SIGINT too: a shell that starts us in the background leaves SIGINT ignored, and Ctrl-C must always tear down
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
     run = Run(s)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

@@ -28,10 +28,10 @@ def dataset_keys(n: int) -> Iterator[str]:
 
 def benchsupport_available() -> bool:
     try:
-        from atoll.benchsupport import bulk_insert_empty_objects  # noqa: F401
+        import atoll.benchsupport as bs
     except Exception:  # noqa: BLE001 - any import failure means "not there yet"
         return False
-    return True
+    return callable(getattr(bs, "bulk_insert_empty_objects", None))
 
 
 def populate_atoll_index(data_dir: str, bucket: str, n: int) -> None:

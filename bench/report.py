@@ -18,7 +18,8 @@ def summarize(bench: Bench, samples: dict[str, list[dict]]) -> dict:
     out = {}
     for label, runs in samples.items():
         ok = [r for r in runs if r.get("ok")]
-        keys = {k for r in ok for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        keys = {k for r in ok for k, v in r.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "rep"}
         m = {k: median([r.get(k) for r in ok]) for k in keys}
         vals = [r[bench.value_key] for r in ok if r.get(bench.value_key) is not None]
         m.update(n=len(ok), runs=len(runs), min=min(vals, default=None), max=max(vals, default=None),

@@ -7,6 +7,9 @@ Contract
 * returns ``None`` for an anonymous request (no ``Authorization`` header and no ``X-Amz-Algorithm`` /
   ``X-Amz-Signature`` query parameter);
 * returns an ``AuthContext`` when a SigV4 header signature or presigned URL verifies;
+* hands SigV2 (``Authorization: AWS AKID:signature``, or ``AWSAccessKeyId``/``Signature``/``Expires`` in the
+  query) to ``atoll.auth.sigv2``, which answers the same way; ``virtual_host_bucket`` (the bucket named by the
+  Host header, if any) is for it alone, since SigV2 signs "/bucket" + path whatever the addressing style;
 * raises ``AuthError(code, message)`` otherwise, ``code`` being the S3 error code to send.
 
 Inputs are what came off the wire: ``raw_path`` percent-encoded and not normalised, ``raw_query`` without the
@@ -84,7 +87,7 @@ _PRESIGNED_UNSIGNED_OK = ("x-amz-content-sha256", "x-amz-checksum-", "x-amz-sdk-
                           "x-amz-trailer", "x-amz-decoded-content-length")
 
 _ONLY_SIGV4 = ("The authorization mechanism you have provided is not supported. "
-               "Only AWS Signature Version 4 (AWS4-HMAC-SHA256) is supported.")
+               "Please use AWS Signature Version 4 (AWS4-HMAC-SHA256).")
 _PRESIGNED_REQUIRED = ("Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, "
                        "X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.")
 
@@ -171,6 +174,7 @@ def verify_request(
     secret_for: Callable[[str], str | None],
     now: float,
     max_skew: float = 900.0,
+    virtual_host_bucket: str | None = None,
 ) -> AuthContext | None:
     """Authenticate one request; see the module docstring for the contract."""
     authorization = headers.get("authorization")
@@ -178,17 +182,31 @@ def verify_request(
         if ("X-Amz-Signature" in raw_query or "X-Amz-Algorithm" in raw_query) and _has_query_auth(raw_query):
             raise AuthError("InvalidArgument", "Only one auth mechanism allowed; use either the Authorization "
                             "header or the X-Amz-Algorithm query parameters, not both.")
+        if authorization.startswith("AWS "):
+            return _sigv2().verify_request(method, raw_path, raw_query, headers, secret_for, now, max_skew,
+                                           virtual_host_bucket)
         return _verify_header_auth(method, raw_path or "/", raw_query, headers, authorization, secret_for,
                                    now, max_skew)
-    if not raw_query or ("X-Amz-" not in raw_query and "Signature" not in raw_query):
+    if not raw_query or ("X-Amz-" not in raw_query and "Signature" not in raw_query
+                         and "AWSAccessKeyId" not in raw_query):
         return None  # the common anonymous case, decided without parsing the query
+    if "X-Amz-" not in raw_query:  # no SigV4 query authentication; perhaps SigV2's
+        return _sigv2().verify_request(method, raw_path, raw_query, headers, secret_for, now, max_skew,
+                                       virtual_host_bucket)
     cache_key = (method, headers.get("host", ""), raw_path, raw_query)
     entry = _presigned_cache.get(cache_key)
     if entry is not None:
         context = _reuse_presigned(cache_key, entry, headers, secret_for, now)
         if context is not None:
             return context
-    return _verify_presigned(method, raw_path or "/", raw_query, headers, secret_for, now, max_skew, cache_key)
+    return _verify_presigned(method, raw_path or "/", raw_query, headers, secret_for, now, max_skew, cache_key,
+                             virtual_host_bucket)
+
+
+def _sigv2():
+    # Imported on first use: sigv2 builds on this module's AuthContext and AuthError.
+    from atoll.auth import sigv2
+    return sigv2
 
 
 # --- header auth ------------------------------------------------------------------------------------------------
@@ -279,7 +297,8 @@ def _parse_signed_headers(signed_headers: str, error_code: str) -> tuple[str, ..
 _presigned_cache: dict[tuple[str, str, str, str], tuple] = {}
 
 
-def _verify_presigned(method, raw_path, raw_query, headers, secret_for, now, max_skew, cache_key):
+def _verify_presigned(method, raw_path, raw_query, headers, secret_for, now, max_skew, cache_key,
+                      virtual_host_bucket=None):
     auth_params: dict[str, str] = {}
     for pair in raw_query.split("&"):
         name, _, value = pair.partition("=")
@@ -288,8 +307,9 @@ def _verify_presigned(method, raw_path, raw_query, headers, secret_for, now, max
                 raise AuthError("AuthorizationQueryParametersError", f"Duplicate query parameter {name}.")
             auth_params[name] = unquote(value) if "%" in value else value
     if "X-Amz-Algorithm" not in auth_params and "X-Amz-Signature" not in auth_params:
-        if "AWSAccessKeyId" in auth_params and "Signature" in auth_params:
-            raise AuthError("InvalidRequest", _ONLY_SIGV4)
+        if "AWSAccessKeyId" in auth_params or "Signature" in auth_params:  # SigV2, with an X-Amz- elsewhere
+            return _sigv2().verify_request(method, raw_path, raw_query, headers, secret_for, now, max_skew,
+                                           virtual_host_bucket)
         return None  # X-Amz-* parameters, but not query authentication: anonymous
     try:
         algorithm = auth_params["X-Amz-Algorithm"]

@@ -18,7 +18,7 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
 from atoll import errors
 from atoll.core.checksums import new_hasher
@@ -26,6 +26,9 @@ from atoll.stores.data.base import BlobWriter, DataStore
 
 INLINE_LIMIT = 256 << 10  # bodies up to this size are written in one thread hop
 MAX_IN_FLIGHT = 32 << 20  # bytes received but not yet hashed and written, per upload
+# ... and over all uploads of the process, which makes it the limit of a lone upload too: the parts of one object
+# sent in parallel (8 at a time is common) must not multiply the memory a slow disk lets pile up.
+MAX_IN_FLIGHT_TOTAL = 24 << 20
 _CHUNK = 1 << 20
 
 # One pool for all blocking data-path work; two threads per large upload plus short jobs.
@@ -111,6 +114,18 @@ async def stage(store: DataStore, body: AsyncIterator[bytes], algorithms: Iterab
     return StagedBlob(writer, size, {alg: h.digest() for alg, h in hashers.items()})
 
 
+class _Budget:
+    """Bytes in flight over every pipeline of the process, and the re-checks of pipelines waiting for that to
+    drop. Only touched on the event loop thread."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.waiting: set[Callable[[], None]] = set()
+
+
+_budget = _Budget()
+
+
 class _Worker(threading.Thread):
     """Applies one operation to every buffer in order; reports the first error."""
 
@@ -154,11 +169,22 @@ async def _pipeline(writer: BlobWriter, hashers: dict, first: list[bytes], size:
     accounted = 0
     submitted = 0
 
+    def has_room() -> bool:
+        return submitted - accounted <= MAX_IN_FLIGHT and _budget.in_flight <= MAX_IN_FLIGHT_TOTAL
+
+    def recheck() -> None:
+        if has_room():
+            room.set()
+
     def _settle_room(settled: int) -> None:
         nonlocal accounted
+        if settled <= accounted:  # the two threads' callbacks can arrive out of order
+            return
+        _budget.in_flight -= settled - accounted
         accounted = settled
-        if submitted - accounted <= MAX_IN_FLIGHT:
-            room.set()
+        recheck()
+        for other in list(_budget.waiting):
+            other()
 
     def hash_all(buf: bytes) -> None:
         for hasher in hashers.values():
@@ -174,9 +200,10 @@ async def _pipeline(writer: BlobWriter, hashers: dict, first: list[bytes], size:
     def submit(buf: bytes) -> None:
         nonlocal submitted
         submitted += len(buf)
+        _budget.in_flight += len(buf)
         for worker in workers:
             worker.inbox.put(buf)
-        if submitted - accounted > MAX_IN_FLIGHT:
+        if not has_room():
             room.clear()
 
     try:
@@ -187,13 +214,22 @@ async def _pipeline(writer: BlobWriter, hashers: dict, first: list[bytes], size:
                 raise errors.EntityTooLarge(f"Your proposed upload exceeds the maximum allowed size of {max_size} bytes.")
             submit(chunk)
             if not room.is_set():
-                await room.wait()
+                _budget.waiting.add(recheck)
+                try:
+                    await room.wait()
+                finally:
+                    _budget.waiting.discard(recheck)
             if workers[1].error is not None:
                 raise workers[1].error
     finally:
         for worker in workers:
             worker.inbox.put(None)
-        await loop.run_in_executor(_pool, lambda: [w.join() for w in workers])
+        try:
+            await loop.run_in_executor(_pool, lambda: [w.join() for w in workers])
+        finally:
+            # Every buffer is settled now; give them all back at once (late callbacks are then no-ops), so the
+            # process-wide count cannot drift whatever happened.
+            _settle_room(submitted)
     for worker in workers:
         if worker.error is not None:
             raise worker.error

@@ -126,6 +126,10 @@ class Namespace:
         if cached is not None and now - cached[1] < _BUCKET_TTL:
             return cached[0]
         found = await self.meta.get_bucket(name)
+        if found is None:
+            # Misses are not cached: a bucket just created by another worker process must be usable at once
+            # (clients commonly HEAD a bucket, create it, then write to it, over different connections).
+            return None
         if len(self._buckets) > 10000:
             self._buckets.clear()
         self._buckets[name] = (found, now)

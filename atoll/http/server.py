@@ -27,7 +27,9 @@ import httptools
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; S3 allows 8 KiB of user metadata, AWS rejects heads > 16 KiB
 MAX_HEADERS = 200
-BODY_HIGH_WATER = 4 << 20  # pause reading when this much body waits for the handler
+# Pause reading when this much body waits for the handler: 2 MiB keeps the 1 MiB pieces the ingest pipeline wants
+# while bounding what every concurrent upload holds (8 parallel parts at 4 MiB each cost 32 MiB of RSS on their own).
+BODY_HIGH_WATER = 2 << 20
 SMALL_FILE_INLINE = 64 << 10  # extents up to this size are read and written, not sendfile'd
 SWEEP_INTERVAL = 1.0
 
@@ -91,8 +93,23 @@ class App(Protocol):
     def log_access(self, request: "Request", status: int, sent: int, elapsed: float) -> None: ...
 
 
+def _new_id_prefix() -> str:
+    return f"{os.getpid():x}{int(time.time()) & 0xFFFFFF:06x}".upper()
+
+
 _request_ids = itertools.count(1)
-_ID_PREFIX = f"{os.getpid():x}{int(time.time()) & 0xFFFFFF:06x}".upper()
+_ID_PREFIX = _new_id_prefix()
+
+
+def _reset_request_ids() -> None:
+    # Workers are forked after this module is imported: each needs its own prefix, or two processes hand out the
+    # same request ids (and the access log cannot tell which process served a request).
+    global _request_ids, _ID_PREFIX
+    _request_ids = itertools.count(1)
+    _ID_PREFIX = _new_id_prefix()
+
+
+os.register_at_fork(after_in_child=_reset_request_ids)
 
 
 class Request:
@@ -221,6 +238,7 @@ class HttpConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future | None = None
         self._closed = False
         self._peer_eof = False  # the client half-closed: answer what is complete, then close
+        self._pending_reject: tuple[int, str, str] | None = None  # a parse error, answered after earlier requests
         self.last_activity = time.monotonic()
         self.head_started: float | None = None  # when the first byte of a request head arrived
 
@@ -253,6 +271,8 @@ class HttpConnection(asyncio.Protocol):
             waiter.set_exception(ClientGone("client disconnected"))
 
     def data_received(self, data: bytes) -> None:
+        if self._pending_reject is not None:
+            return  # the stream broke before these bytes: they mean nothing
         self.last_activity = time.monotonic()
         if self.head_started is None and self._current is None:
             self.head_started = self.last_activity
@@ -384,6 +404,8 @@ class HttpConnection(asyncio.Protocol):
             req = self._queue.popleft()
             self._active = req
             self.loop.call_soon(self._start, req)
+        elif self._pending_reject is not None:
+            self._reject(*self._pending_reject)
         elif self.server.stopping or self._peer_eof:
             self._close()
 
@@ -538,12 +560,20 @@ class HttpConnection(asyncio.Protocol):
         return self._active is not None or bool(self._queue)
 
     def _reject(self, status: int, code: str, message: str) -> None:
-        """A request we cannot parse: answer once, then close (the byte stream is no longer trustworthy)."""
+        """A request we cannot parse: answer once, then close (the byte stream is no longer trustworthy).
+        Pipelined requests before it that parsed fine are answered first, in order; one whose body broke off
+        mid-way fails (its handler sees ClientGone)."""
         if self._closed:
             return
-        if self._active is None:
-            response = self.app.protocol_error(None, status, code, message)
-            self.transport.write(self._head(response, keep_alive=False) + response.body)
+        current = self._current
+        if current is not None and not current._complete:
+            current._fail(ConnectionResetError("the request body could not be parsed"))
+        if self.busy:
+            self._pending_reject = (status, code, message)
+            self.transport.pause_reading()
+            return
+        response = self.app.protocol_error(None, status, code, message)
+        self.transport.write(self._head(response, keep_alive=False) + response.body)
         self._close()
 
     def _close(self) -> None:

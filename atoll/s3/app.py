@@ -27,6 +27,8 @@ log = logging.getLogger("atoll.s3")
 def _access_key_of(request: Request, query: dict[str, str]) -> str | None:
     auth = request.headers.get("authorization")
     if auth:
+        if auth.startswith("AWS "):  # SigV2: "AWS AKID:signature", and base64 has no ":"
+            return auth[4:].strip().rpartition(":")[0] or None
         at = auth.find("Credential=")
         if at < 0:
             return None
@@ -34,7 +36,7 @@ def _access_key_of(request: Request, query: dict[str, str]) -> str | None:
     credential = query.get("X-Amz-Credential")
     if credential:
         return credential.split("/", 1)[0]
-    return None
+    return query.get("AWSAccessKeyId") or None  # a SigV2 presigned URL
 
 
 class S3App:
@@ -123,7 +125,8 @@ class S3App:
 
         try:
             auth = verify_request(request.method, request.raw_path, request.raw_query, request.headers, secret_for,
-                                  time.time(), self.max_skew)
+                                  time.time(), self.max_skew,
+                                  self._virtual_host_bucket(request.headers.get("host", "")))  # SigV2 signs it
         except AuthError as exc:
             raise S3Error(exc.code, exc.message) from None
         if auth is None:

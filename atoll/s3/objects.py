@@ -134,6 +134,12 @@ def _apply_overrides(ctx: S3Context, headers: list[tuple[str, str]]) -> list[tup
     if ctx.identity is None:
         raise S3Error("InvalidRequest", "Request specific response headers cannot be used for anonymous GET "
                                         "requests.")
+    for header, value in overrides:
+        # These values come from the query string, where %0D%0A decodes to a line break: sent as they are, they
+        # would end the header line and let a (presigned) URL inject headers or a body into the response.
+        if any(c < " " and c != "\t" or c == "\x7f" for c in value):
+            raise S3Error("InvalidArgument", f"The {header} override contains a control character.",
+                          ArgumentName=header)
     names = {h.lower() for h, _ in overrides}
     return [(h, v) for h, v in headers if h.lower() not in names] + overrides
 

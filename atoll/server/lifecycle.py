@@ -32,6 +32,9 @@ ROOT_CREDENTIALS_FILE = "root-credentials"
 # glibc returns freed heap to the OS after every large free by default; with 64 KiB–1 MiB request-body chunks
 # that costs 3× the CPU of a PUT (perf-baseline.md §2). These keep the heap warm.
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "1073741824", "MALLOC_TOP_PAD_": "67108864"}
+# Held (blocked) from the moment the port opens until a process has its handlers for them: a stop that arrives
+# while a server is still starting then takes the graceful path instead of the signal's default action.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class StartupError(Exception):
@@ -129,8 +132,9 @@ def run_worker(config: Config, sock: socket.socket) -> None:
         await server.listen(sock)
         ns.start_background()
         stop = loop.create_future()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         await stop
         log.info("worker %d stopping: finishing in-flight requests (up to %ss)", os.getpid(), config.shutdown_grace)
         await server.stop(config.shutdown_grace)
@@ -151,7 +155,9 @@ def serve(config: Config) -> None:
             log.info("removed %d temp files left by an earlier crash", removed)
     finally:
         meta.close_sync()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        _check_port_free(config.s3_host, config.s3_port)
         hold = bind_socket(config.s3_host, config.s3_port, reuse_port=True)
     except OSError as exc:
         raise StartupError(f"cannot listen on {config.s3_address}: {exc.strerror}") from None
@@ -167,6 +173,15 @@ def serve(config: Config) -> None:
     _supervise(config, hold)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Raise EADDRINUSE if anything listens on the port, another Atoll included: SO_REUSEPORT alone would let a
+    second server (with another data directory) silently take a share of the first one's connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
 def _supervise(config: Config, hold: socket.socket) -> None:
     """Fork workers, each with its own SO_REUSEPORT listening socket; restart any that dies unexpectedly."""
     hold.close()  # the workers' sockets hold the port from here on
@@ -174,20 +189,28 @@ def _supervise(config: Config, hold: socket.socket) -> None:
     stopping = False
 
     def spawn(slot: int) -> None:
-        sock = bind_socket(config.s3_host, config.s3_port, reuse_port=True)
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 0
-            try:
-                run_worker(config, sock)
-            except BaseException:  # noqa: BLE001
-                log.exception("worker crashed")
-                code = 1
-            os._exit(code)
-        sock.close()
-        children[pid] = slot
+        # Stop signals wait while forking: a child must neither run ``forward`` nor die by SIGTERM before its own
+        # handlers are in place (run_worker unblocks them), and no child may be born after ``forward`` has run.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            if stopping:
+                return
+            sock = bind_socket(config.s3_host, config.s3_port, reuse_port=True)
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                code = 0
+                try:
+                    run_worker(config, sock)
+                except BaseException:  # noqa: BLE001
+                    log.exception("worker crashed")
+                    code = 1
+                os._exit(code)
+            sock.close()
+            children[pid] = slot
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def forward(signum, _frame) -> None:
         nonlocal stopping
@@ -202,6 +225,7 @@ def _supervise(config: Config, hold: socket.socket) -> None:
     signal.signal(signal.SIGINT, forward)
     for slot in range(config.workers):
         spawn(slot)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     while children:
         try:
             pid, status = os.wait()

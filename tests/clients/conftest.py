@@ -95,16 +95,16 @@ class WireTap:
             carry = b""
             try:
                 while data := await reader.read(1 << 16):
+                    data, carry = carry + data, b""
                     if record:
                         if self.rewrite is not None:
-                            data, carry = self._rewritten(carry + data, *self.rewrite)
-                        with self._lock:
-                            room = self.cap - len(self._sent)
-                            if room > 0:
-                                self._sent += data[:room]
+                            data, carry = self._rewritten(data, *self.rewrite)
+                        self._record(data)
                     writer.write(data)
                     await writer.drain()
-                writer.write(carry)
+                if carry:
+                    self._record(carry)
+                    writer.write(carry)
             except (ConnectionError, ssl.SSLError, OSError):
                 pass
             finally:
@@ -119,6 +119,12 @@ class WireTap:
         await asyncio.gather(pump(client_reader, up_writer, True), pump(up_reader, client_writer, False))
         for writer in (up_writer, client_writer):
             writer.close()
+
+    def _record(self, data: bytes) -> None:
+        with self._lock:
+            room = self.cap - len(self._sent)
+            if room > 0:
+                self._sent += data[:room]
 
     @staticmethod
     def _rewritten(data: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:

@@ -61,13 +61,18 @@ def test_cp_one_gib_up_and_down(aws, s3, bucket, tmp_path):
     with open(src, "wb") as f:
         for i in range(1024):  # every MiB differs (a counter), so a misplaced part cannot go unnoticed
             f.write(i.to_bytes(8, "big") + block[8:])
-    aws("s3", "cp", str(src), f"s3://{bucket}/big/one-gib.bin", "--only-show-errors", timeout=240)
-    head = s3.head_object(Bucket=bucket, Key="big/one-gib.bin")
-    assert head["ContentLength"] == 1 << 30
-    assert head["ETag"].endswith('-128"')  # 8 MiB parts
-    aws("s3", "cp", f"s3://{bucket}/big/one-gib.bin", str(dst), "--only-show-errors", timeout=240)
-    assert dst.stat().st_size == 1 << 30
-    assert sha256_file(dst) == sha256_file(src)
+    try:
+        aws("s3", "cp", str(src), f"s3://{bucket}/big/one-gib.bin", "--only-show-errors", timeout=240)
+        head = s3.head_object(Bucket=bucket, Key="big/one-gib.bin")
+        assert head["ContentLength"] == 1 << 30
+        assert head["ETag"].endswith('-128"')  # 8 MiB parts
+        aws("s3", "cp", f"s3://{bucket}/big/one-gib.bin", str(dst), "--only-show-errors", timeout=240)
+        assert dst.stat().st_size == 1 << 30
+        assert sha256_file(dst) == sha256_file(src)
+    finally:  # 3 GiB between the two files and the object: not left for pytest's retained temp dirs
+        src.unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
+        s3.delete_object(Bucket=bucket, Key="big/one-gib.bin")
 
 
 def test_sync_thousand_file_tree_up_again_and_down(aws, s3, bucket, tmp_path):
@@ -108,6 +113,14 @@ def test_sync_thousand_file_tree_up_again_and_down(aws, s3, bucket, tmp_path):
     assert down == ""
     assert tree(dst) == tree(src)
 
+    gone = names[:1000:97]
+    for name in gone:
+        (src / name).unlink()
+    deleted = aws("s3", "sync", str(src), prefix, "--delete", timeout=120)
+    assert deleted.count("delete: ") == len(gone) and "upload:" not in deleted
+    listed = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="tree/")
+    assert sorted(o["Key"] for page in listed for o in page.get("Contents", [])) == sorted(
+        f"tree/{n}" for n in names if n not in gone)
 
 
 def test_ls_and_rm_recursive(aws, s3, bucket):

@@ -57,6 +57,18 @@ def client_for(endpoint: str, atoll, access_key=None, secret_key=None, verify=No
                         config=config, verify=verify)
 
 
+def http_request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One request with exactly the headers http.client needs (Host, Content-Length), as curl would send."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request(method, f"{parts.path}?{parts.query}", body=body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
@@ -74,13 +86,6 @@ def expected_checksum(algorithm: str, data: bytes) -> str:
 def error_code(exc: pytest.ExceptionInfo) -> tuple[str, int]:
     response = exc.value.response
     return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
-
-
-def patterned(size: int, seed: int = 0) -> bytes:
-    """Incompressible-enough bytes, cheaper than os.urandom for tens of MiB."""
-    block = os.urandom(MiB)
-    return b"".join(block[i % 251:] + block[: i % 251] + (seed + i).to_bytes(8, "big")
-                    for i in range(size // (MiB + 8) + 1))[:size]
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +129,7 @@ def test_plain_http_put_and_upload_part_send_hex_sha256_and_crc32_header(http_cl
 
 def test_https_put_and_multipart_are_aws_chunked_with_crc32_trailer(https_client, tls_tap, s3, bucket):
     small = os.urandom(200_000)
-    big = patterned(9 * MiB, seed=7)  # two 8 MiB s3transfer parts: UploadPart takes the trailer path too
+    big = os.urandom(9 * MiB)  # two 8 MiB s3transfer parts: UploadPart takes the trailer path too
     tls_tap.clear()
     put = https_client.put_object(Bucket=bucket, Key="tls/one", Body=small)
     https_client.upload_fileobj(io.BytesIO(big), bucket, "tls/big")
@@ -151,6 +156,52 @@ def test_https_put_and_multipart_are_aws_chunked_with_crc32_trailer(https_client
     head = s3.head_object(Bucket=bucket, Key="tls/big")
     assert head["ContentLength"] == len(big) and head["ETag"].endswith('-2"')
     assert s3.get_object(Bucket=bucket, Key="tls/big")["Body"].read() == big
+
+
+class NonSeekable(io.RawIOBase):
+    """A pipe-like body: botocore can neither hash it up front nor learn its length."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._data.read(len(buffer))
+        buffer[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_https_non_seekable_body_streams_as_aws_chunked(https_client, tls_tap, s3, bucket):
+    data = os.urandom(150_000)
+    tls_tap.clear()
+    https_client.put_object(Bucket=bucket, Key="stream", Body=NonSeekable(data), ContentLength=len(data))
+    (_, _, headers), = [h for h in request_heads(tls_tap.sent()) if h[0] == "PUT"]
+    assert headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert headers["x-amz-decoded-content-length"] == str(len(data)) and "content-length" not in headers
+    got = s3.get_object(Bucket=bucket, Key="stream", ChecksumMode="ENABLED")
+    assert got["Body"].read() == data and got["ChecksumCRC32"] == expected_checksum("CRC32", data)
+
+    # without a length botocore cannot send x-amz-decoded-content-length; S3 then answers 411, and so do we
+    with pytest.raises(ClientError) as exc:
+        https_client.put_object(Bucket=bucket, Key="stream-unsized", Body=NonSeekable(data))
+    assert error_code(exc) == ("MissingContentLength", 411)
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="stream-")["KeyCount"] == 0
+
+
+def test_checksums_off_when_required_gets_server_default_crc64nvme(atoll, plain_tap, s3, bucket):
+    client = client_for(plain_tap.endpoint, atoll, request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required")
+    data = os.urandom(10_000)
+    plain_tap.clear()
+    put = client.put_object(Bucket=bucket, Key="plain", Body=data)
+    (_, _, headers), = [h for h in request_heads(plain_tap.sent()) if h[0] == "PUT"]
+    assert not [name for name in headers if name.startswith("x-amz-checksum-")]
+    assert re.fullmatch(r"[0-9a-f]{64}", headers["x-amz-content-sha256"])
+    assert put["ChecksumCRC64NVME"] == expected_checksum("CRC64NVME", data)  # what S3 computes by default
+    head = s3.head_object(Bucket=bucket, Key="plain", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC64NVME"] == expected_checksum("CRC64NVME", data)
 
 
 @pytest.mark.parametrize("transport", ["http", "https"])
@@ -259,13 +310,8 @@ def test_presigned_get_and_put_via_plain_http(atoll, bucket):
     data = os.urandom(100_000)
     put_url = signer.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=300)
     assert "X-Amz-Signature=" in put_url and "X-Amz-Credential=" in put_url
-    parts = urlsplit(put_url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    conn.request("PUT", f"{parts.path}?{parts.query}", body=data, headers={"Content-Length": str(len(data))})
-    response = conn.getresponse()
-    assert response.status == 200, response.read()
-    response.read()
-    conn.close()
+    status, answer = http_request("PUT", put_url, data)
+    assert status == 200, answer
 
     get_url = signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=300)
     with urllib.request.urlopen(get_url, timeout=30) as r:
@@ -282,20 +328,41 @@ def test_presigned_get_and_put_via_plain_http(atoll, bucket):
     assert exc.value.code == 403 and b"<Code>SignatureDoesNotMatch</Code>" in exc.value.read()
 
     # the signature covers the method: the GET URL does not authorise a PUT
-    parts = urlsplit(get_url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    conn.request("PUT", f"{parts.path}?{parts.query}", body=b"evil")
-    response = conn.getresponse()
-    assert response.status == 403, response.read()
-    response.read()
-    conn.close()
+    status, answer = http_request("PUT", get_url, b"evil")
+    assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in answer, answer
     assert signer.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+
+
+def test_default_config_presigned_urls_are_sigv2_and_work(atoll, s3, bucket):
+    """Without signature_version="s3v4" botocore presigns S3 URLs with SigV2 query auth (AWSAccessKeyId,
+    Expires, Signature): what most scripts calling generate_presigned_url produce."""
+    signer = atoll.client()
+    key = "v2/ü +.bin"
+    data = os.urandom(5000)
+    put_url = signer.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=300)
+    assert "AWSAccessKeyId=" in put_url and "X-Amz-Signature" not in put_url
+    # http.client, not urllib: urllib adds a form Content-Type to a body, and SigV2 signs Content-Type
+    status, answer = http_request("PUT", put_url, data)
+    assert status == 200, answer
+    get_url = signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=300)
+    with urllib.request.urlopen(get_url, timeout=30) as r:
+        assert r.read() == data
+    tampered = get_url.replace("Expires=", "Expires=1", 1)  # a later expiry is not what was signed
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(tampered, timeout=30)
+    assert exc.value.code == 403 and b"<Code>SignatureDoesNotMatch</Code>" in exc.value.read()
+    expired = signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=-5)
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(expired, timeout=30)
+    assert exc.value.code == 403 and b"<Code>AccessDenied</Code>" in exc.value.read()
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data
 
 
 def test_expired_presigned_url_is_access_denied(atoll, bucket, s3):
     s3.put_object(Bucket=bucket, Key="k", Body=b"v")
     signer = atoll.client(signature_version="s3v4")
     url = signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=1)
+    put_url = signer.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=1)
     with urllib.request.urlopen(url, timeout=30) as r:  # valid at first (and now in the presigned cache)
         assert r.read() == b"v"
     time.sleep(2.1)
@@ -303,18 +370,14 @@ def test_expired_presigned_url_is_access_denied(atoll, bucket, s3):
         urllib.request.urlopen(url, timeout=30)
     assert exc.value.code == 403
     assert b"<Code>AccessDenied</Code>" in exc.value.read()
-    put_url = signer.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=1)
-    time.sleep(2.1)
-    request = urllib.request.Request(put_url, data=b"overwritten", method="PUT")
-    with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(request, timeout=30)
-    assert exc.value.code == 403
+    status, answer = http_request("PUT", put_url, b"overwritten")
+    assert status == 403 and b"<Code>AccessDenied</Code>" in answer, answer
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
 
 
 # s3transfer: multipart upload, ranged If-Match download, managed copy --------------------------------------
 def test_upload_file_download_file_multipart_with_if_match_ranges(http_client, plain_tap, bucket, tmp_path):
-    data = patterned(20 * MiB + 12345, seed=1)
+    data = os.urandom(20 * MiB + 12345)
     src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
     src.write_bytes(data)
     config = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=4)
@@ -339,7 +402,7 @@ def test_upload_file_download_file_multipart_with_if_match_ranges(http_client, p
 
 
 def test_managed_copy_of_large_object_uses_upload_part_copy(http_client, plain_tap, s3, bucket):
-    data = patterned(17 * MiB, seed=2)
+    data = os.urandom(17 * MiB)
     s3.upload_fileobj(io.BytesIO(data), bucket, "copy/src", ExtraArgs={"Metadata": {"origin": "test"}})
     plain_tap.clear()
     http_client.copy({"Bucket": bucket, "Key": "copy/src"}, bucket, "copy/dst")

@@ -1,5 +1,6 @@
 """rclone (the Debian package, aws-sdk-go underneath) against a live Atoll: copy up with multipart, ``check``,
-``lsf``, ranged ``cat``, ``delete``, ``sync`` with deletions, copy down.
+``lsf``, ranged ``cat``, ``delete``, ``sync`` with deletions, copy down, and the server-side verbs (multipart
+copy, ``link`` presigned URLs, ``touch``, ``moveto``, ``purge``).
 
 rclone is configured purely through RCLONE_CONFIG_ATOLL_* environment variables (an empty config file, HOME in a
 temporary directory). ``rclone check`` compares sizes and MD5s: the ETag of a single-part object, and for a
@@ -12,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,8 @@ def rclone(atoll, tmp_path_factory):
     assert binary, "rclone is not installed and scripts/apt-install.sh could not install it"
     home = tmp_path_factory.mktemp("rclone-home")
     (home / "rclone.conf").write_text("")
+    # no inherited RCLONE_*/AWS_* either: rclone's aws-sdk-go reads AWS_CA_BUNDLE, for instance, and then refuses
+    # to build its HTTP transport at all ("LoadCustomCABundleError: unsupported transport")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RCLONE_", "AWS_"))}
     env.update(HOME=str(home), RCLONE_CONFIG=str(home / "rclone.conf"), RCLONE_CONFIG_ATOLL_TYPE="s3",
                RCLONE_CONFIG_ATOLL_PROVIDER="Other", RCLONE_CONFIG_ATOLL_ENDPOINT=atoll.endpoint,
@@ -144,3 +148,36 @@ def test_delete_and_sync_with_deletions(rclone, s3, bucket, tmp_path):
     s3.put_object(Bucket=bucket, Key="data/new/added.txt", Body=b"new filf")
     check = rclone("check", str(src), remote, check=False)
     assert check.returncode != 0 and "1 differences found" in check.stderr, check.stderr[-3000:]
+
+
+def test_server_side_copy_link_touch_moveto_purge(rclone, s3, bucket, tmp_path):
+    data = os.urandom(20 * MiB + 3)
+    (tmp_path / "obj.bin").write_bytes(data)
+    remote = f"atoll:{bucket}/ops"
+    # uploaded multipart, so rclone stores its MD5 as X-Amz-Meta-Md5chksum; the copy must carry it over
+    rclone("copyto", str(tmp_path / "obj.bin"), f"{remote}/obj.bin", "--s3-upload-cutoff", "8M",
+           "--s3-chunk-size", "8M")
+    # above --s3-copy-cutoff rclone copies server-side in parts: UploadPartCopy with byte ranges
+    copied = rclone("copyto", f"{remote}/obj.bin", f"{remote}/copy.bin", "--s3-copy-cutoff", "8M", "-v")
+    assert "server-side copy" in copied.stderr
+    head = s3.head_object(Bucket=bucket, Key="ops/copy.bin")
+    assert head["ContentLength"] == len(data) and head["ETag"].endswith('-3"')
+    assert s3.get_object(Bucket=bucket, Key="ops/copy.bin")["Body"].read() == data
+    md5s = dict(reversed(line.split("  ", 1)) for line in rclone.lines("md5sum", remote))
+    assert md5s == {"obj.bin": hashlib.md5(data).hexdigest(), "copy.bin": hashlib.md5(data).hexdigest()}
+
+    url = rclone.lines("link", f"{remote}/obj.bin", "--expire", "1h")[-1]
+    assert "X-Amz-Signature=" in url
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=0-99"}), timeout=30) as r:
+        assert r.status == 206 and r.read() == data[:100]
+
+    rclone("touch", f"{remote}/obj.bin", "-t", "2020-01-02T03:04:05")  # CopyObject onto itself, REPLACE
+    listed = rclone.lines("lsl", remote)
+    assert any(line.split()[1:3] == ["2020-01-02", "03:04:05.000000000"] and line.endswith(" obj.bin")
+               for line in listed), listed
+    assert s3.get_object(Bucket=bucket, Key="ops/obj.bin")["Body"].read() == data
+
+    rclone("moveto", f"{remote}/copy.bin", f"{remote}/moved/copy.bin")
+    assert sorted(rclone.lines("lsf", "-R", "--files-only", remote)) == ["moved/copy.bin", "obj.bin"]
+    rclone("purge", remote)
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="ops/")["KeyCount"] == 0

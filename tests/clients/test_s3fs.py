@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -112,6 +113,36 @@ def test_put_get_mv_rm_find_glob_makedirs(fs, s3, bucket, tmp_path):
     fs.rm(f"{new_bucket}/x")
     fs.rmdir(new_bucket)
     assert new_bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+def test_url_xattrs_touch_append(atoll, fs, s3, bucket):
+    fs.pipe(f"{bucket}/x/a.txt", b"hello")
+    url = fs.url(f"{bucket}/x/a.txt", expires=300)  # botocore's default for S3 presigning: SigV2 query auth
+    assert "AWSAccessKeyId=" in url
+    with urllib.request.urlopen(url, timeout=30) as r:
+        assert r.read() == b"hello"
+    v4 = s3fs.S3FileSystem(key=atoll.access_key, secret=atoll.secret_key, skip_instance_cache=True,
+                           client_kwargs={"endpoint_url": atoll.endpoint, "region_name": "us-east-1"},
+                           config_kwargs={"signature_version": "s3v4"})
+    url = v4.url(f"{bucket}/x/a.txt", expires=300)
+    assert "X-Amz-Signature=" in url
+    with urllib.request.urlopen(url, timeout=30) as r:
+        assert r.read() == b"hello"
+
+    fs.setxattr(f"{bucket}/x/a.txt", purpose="test")  # CopyObject onto itself with REPLACE
+    assert fs.getxattr(f"{bucket}/x/a.txt", "purpose") == "test" and fs.cat(f"{bucket}/x/a.txt") == b"hello"
+    fs.touch(f"{bucket}/x/empty")
+    assert fs.info(f"{bucket}/x/empty")["size"] == 0 and fs.cat(f"{bucket}/x/empty") == b""
+
+    with fs.open(f"{bucket}/x/a.txt", "ab") as f:  # small: s3fs reads the old object and rewrites it
+        f.write(b" world")
+    assert fs.cat(f"{bucket}/x/a.txt") == b"hello world"
+    big = os.urandom(6 * MiB)
+    fs.pipe(f"{bucket}/x/big", big)
+    with fs.open(f"{bucket}/x/big", "ab") as f:  # >= 5 MiB: UploadPartCopy of the old object as part 1
+        f.write(b"appended")
+    assert fs.cat(f"{bucket}/x/big") == big + b"appended"
+    assert s3.head_object(Bucket=bucket, Key="x/big")["ETag"].endswith('-2"')
 
 
 def test_dcp_like_checkpoint_shards_then_metadata(fs, bucket):

@@ -33,7 +33,7 @@ def pytest_pyfunc_call(pyfuncitem):
     if not inspect.iscoroutinefunction(pyfuncitem.obj):
         return None
     loop = pyfuncitem.funcargs["loop"]  # every coroutine test uses a store fixture, which needs the loop
-    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    args = {name: pyfuncitem.funcargs[name] for name in inspect.signature(pyfuncitem.obj).parameters}
     loop.run_until_complete(asyncio.wait_for(pyfuncitem.obj(**args), timeout=60))
     return True
 

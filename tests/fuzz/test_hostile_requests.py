@@ -25,7 +25,6 @@ import re
 import socket
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -33,230 +32,18 @@ from urllib.parse import quote, unquote
 from xml.etree import ElementTree as ET
 
 import pytest
-from botocore.auth import SIGV4_TIMESTAMP, S3SigV4Auth, S3SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
-from conftest import REPO, AtollProcess
+from harness import REPO, AtollProcess
+from fuzzwire import (CHECKSUM_BYTES, REGION, SIGV4_TIMESTAMP, SOCKET_TIMEOUT, Reply, Req, Signer, Wire, b64,
+                      crc32_b64, key_path, md5_b64, set_query_param, signing_key, utcnow)
 
-REGION = "us-east-1"
 MAIN = "fz-main"  # holds the fixture objects the read cases use
 NOSTORE = "fz-nostore"  # every rejected write goes here; it must stay empty
 MPU_KEY = "mpu-target"
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
-SOCKET_TIMEOUT = 10.0
 ESCAPE_MARKER = "atoll-escape-marker"
 
 pytestmark = pytest.mark.timeout(240)
-
-
-# --- wire -------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def code(self) -> str | None:
-        found = re.search(rb"<Code>([^<]*)</Code>", self.body)
-        return found.group(1).decode() if found else None
-
-
-def read_reply(stream, method: str) -> Reply | None:
-    """One HTTP response from a buffered socket stream; None if the server closed before sending one."""
-    try:
-        line = stream.readline(70000)
-        while line.startswith(b"HTTP/1.1 100"):
-            while stream.readline(70000) not in (b"\r\n", b""):
-                pass
-            line = stream.readline(70000)
-    except ConnectionResetError:
-        return None
-    if not line:
-        return None
-    status = int(line.split(b" ", 2)[1])
-    headers: dict[str, str] = {}
-    while True:
-        header = stream.readline(70000)
-        if header in (b"\r\n", b""):
-            break
-        name, _, value = header.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if method == "HEAD" or status in (204, 304) or status < 200:
-        return Reply(status, headers, b"")
-    length = int(headers["content-length"])  # Atoll always frames responses with Content-Length
-    body = stream.read(length)
-    assert len(body) == length, f"response body cut short: {len(body)} of {length} bytes"
-    return Reply(status, headers, body)
-
-
-class Wire:
-    """One raw TCP connection."""
-
-    def __init__(self, port: int, timeout: float = SOCKET_TIMEOUT) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.stream = self.sock.makefile("rb")
-
-    def send(self, data: bytes) -> bool:
-        try:
-            self.sock.sendall(data)
-            return True
-        except (BrokenPipeError, ConnectionResetError):
-            return False  # the server refused early and closed; its answer may still be readable
-
-    def reply(self, method: str = "GET") -> Reply | None:
-        return read_reply(self.stream, method)
-
-    def closed_by_server(self, wait: float) -> bool:
-        self.sock.settimeout(wait)
-        try:
-            return self.stream.read(1) == b""
-        except ConnectionResetError:
-            return True
-        except (socket.timeout, TimeoutError):
-            return False
-
-    def close(self) -> None:
-        self.stream.close()
-        self.sock.close()
-
-
-# --- requests and signing ---------------------------------------------------------------------------------------
-
-@dataclass
-class Req:
-    method: str
-    target: str  # path and query exactly as sent
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-
-    def raw(self) -> bytes:
-        names = {name.lower() for name, _ in self.headers}
-        lines = [f"{self.method} {self.target} HTTP/1.1", *(f"{n}: {v}" for n, v in self.headers)]
-        if not names & {"content-length", "transfer-encoding"} and (self.body or self.method in ("PUT", "POST")):
-            lines.append(f"Content-Length: {len(self.body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
-
-    def header(self, name: str) -> str | None:
-        for n, v in self.headers:
-            if n.lower() == name.lower():
-                return v
-        return None
-
-    def replace(self, name: str, value: str | None) -> "Req":
-        """A copy with header ``name`` set to ``value`` (added if absent, removed if None)."""
-        headers = [(n, v) for n, v in self.headers if n.lower() != name.lower()]
-        if value is not None:
-            headers.append((name, value))
-        return Req(self.method, self.target, headers, self.body)
-
-    def but(self, **changes) -> "Req":
-        return Req(**{"method": self.method, "target": self.target, "headers": list(self.headers),
-                      "body": self.body, **changes})
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-class _Clocked:
-    """botocore's add_auth with the signing time chosen by the test (skewed and expired requests)."""
-
-    when: dt.datetime
-
-    def add_auth(self, request):
-        request.context["timestamp"] = self.when.strftime(SIGV4_TIMESTAMP)
-        self._modify_request_before_signing(request)
-        string_to_sign = self.string_to_sign(request, self.canonical_request(request))
-        self._inject_signature_to_request(request, self.signature(string_to_sign, request))
-
-
-class HeaderSigner(_Clocked, S3SigV4Auth):
-    def __init__(self, credentials, when: dt.datetime, payload: str | None) -> None:
-        super().__init__(credentials, "s3", REGION)
-        self.when = when
-        self._payload = payload
-
-    def payload(self, request):
-        return self._payload if self._payload is not None else super().payload(request)
-
-
-class Presigner(_Clocked, S3SigV4QueryAuth):
-    def __init__(self, credentials, when: dt.datetime, expires: int) -> None:
-        super().__init__(credentials, "s3", REGION, expires=expires)
-        self.when = when
-
-
-def signing_key(secret: str, date: str) -> bytes:
-    key = ("AWS4" + secret).encode()
-    for part in (date, REGION, "s3", "aws4_request"):
-        key = hmac.digest(key, part.encode(), "sha256")
-    return key
-
-
-class Signer:
-    def __init__(self, port: int, access_key: str, secret_key: str) -> None:
-        self.host = f"127.0.0.1:{port}"
-        self.access_key = access_key
-        self.secret_key = secret_key
-
-    def _request(self, method, path, query, headers, body) -> AWSRequest:
-        url = f"http://{self.host}{path}" + (f"?{query}" if query else "")
-        return AWSRequest(method=method, url=url, data=body, headers=dict(headers))
-
-    def sign(self, method: str, path: str, query: str = "", headers=(), body: bytes = b"", *,
-             payload: str | None = None, when: dt.datetime | None = None, access_key: str | None = None,
-             secret_key: str | None = None, date_header: bool = False) -> Req:
-        request = self._request(method, path, query, headers, body)
-        if date_header:
-            request.headers["Date"] = "placeholder"  # botocore then signs Date instead of X-Amz-Date
-        credentials = Credentials(access_key or self.access_key, secret_key or self.secret_key)
-        HeaderSigner(credentials, when or utcnow(), payload).add_auth(request)
-        sent = [("Host", self.host), *((k, v) for k, v in request.headers.items())]
-        return Req(method, path + (f"?{query}" if query else ""), sent, body)
-
-    def presign(self, method: str, path: str, query: str = "", *, expires: int = 900,
-                when: dt.datetime | None = None, access_key: str | None = None,
-                secret_key: str | None = None) -> Req:
-        request = self._request(method, path, query, {}, b"")
-        credentials = Credentials(access_key or self.access_key, secret_key or self.secret_key)
-        Presigner(credentials, when or utcnow(), expires).add_auth(request)
-        target = request.url.split(self.host, 1)[1]
-        return Req(method, target, [("Host", self.host)])
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def md5_b64(data: bytes) -> str:
-    return b64(hashlib.md5(data).digest())
-
-
-def crc32_b64(data: bytes) -> str:
-    return b64(zlib.crc32(data).to_bytes(4, "big"))
-
-
-CHECKSUM_BYTES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
-
-
-def key_path(bucket: str, key: str) -> str:
-    return f"/{bucket}/{quote(key, safe='/~')}"
-
-
-def set_query_param(target: str, name: str, value: str | None, *, duplicate: bool = False) -> str:
-    """``target`` with query parameter ``name`` replaced (removed if None, added again if ``duplicate``)."""
-    path, _, query = target.partition("?")
-    pairs = [p for p in query.split("&") if p]
-    if duplicate:
-        pairs.append(f"{name}={value}")
-    else:
-        pairs = [p for p in pairs if p.partition("=")[0] != name]
-        if value is not None:
-            pairs.append(f"{name}={value}")
-    return path + "?" + "&".join(pairs)
 
 
 # --- the server under attack ------------------------------------------------------------------------------------
@@ -281,7 +68,8 @@ CATEGORIES = (
     "malformed_xml", "xml_bombs", "bad_signatures", "unknown_access_key", "skewed_dates", "presigned",
     "malformed_authorization", "content_md5", "checksums", "content_sha256", "aws_chunked", "truncated_bodies",
     "invalid_bucket_names", "key_too_long", "odd_keys", "huge_headers", "ranges", "bad_parameters",
-    "unknown_subresources", "wrong_methods", "invalid_http", "smuggling", "pipelining", "head_errors",
+    "header_injection", "unknown_subresources", "wrong_methods", "invalid_http", "smuggling", "pipelining",
+    "head_errors",
 )
 
 
@@ -294,8 +82,7 @@ def world(workdir):
     s3.create_bucket(Bucket=MAIN)
     s3.create_bucket(Bucket=NOSTORE)
     rng = random.Random(1)
-    objects = {"small": rng.randbytes(1000), "empty": b"", "a": b"first object " * 10, "b": b"second " * 30,
-               "big": rng.randbytes(700_000)}
+    objects = {"small": rng.randbytes(1000), "empty": b"", "a": b"first object " * 10, "b": b"second " * 30}
     for key, data in objects.items():
         s3.put_object(Bucket=MAIN, Key=key, Body=data)
     upload_id = s3.create_multipart_upload(Bucket=NOSTORE, Key=MPU_KEY)["UploadId"]
@@ -498,6 +285,18 @@ def test_xml_bombs_and_external_entities_are_refused(world):
                 body = (declaration + build(dtd.replace("{root}", roots[op]), text)).encode()
                 req = world.signer.sign(target[1], target[2], target[3], body=body)
                 run.expect(f"{op} {bomb}", req, 400, "MalformedXML")
+    nested = "<a>" * 5000 + "</a>" * 5000  # deep, but inside every size limit
+    for op, doc in (("DeleteObjects", f"<Delete>{nested}</Delete>"),
+                    ("CompleteMultipartUpload", f"<CompleteMultipartUpload>{nested}</CompleteMultipartUpload>")):
+        target = {t[0]: t for t in xml_document_targets(world, 0)}[op]
+        run.expect(f"{op} deep nesting", world.signer.sign(target[1], target[2], target[3], body=doc.encode()), 400,
+                   "MalformedXML")
+    limits = {"DeleteObjects": 2 << 20, "CompleteMultipartUpload": 4 << 20, "CreateBucket": 64 << 10}
+    for op, limit in limits.items():
+        target = {t[0]: t for t in xml_document_targets(world, 2000)}[op]
+        body = b"<x>" + b" " * (limit - 6) + b"</x>" + b" " * 10
+        run.expect(f"{op} document over {limit} bytes", world.signer.sign(target[1], target[2], target[3],
+                                                                          body=body), 400, "MaxMessageLengthExceeded")
     run.check()
 
 
@@ -687,7 +486,6 @@ def test_malformed_authorization_headers(world):
     for label, value in malformed.items():
         run.expect(label, base.replace("Authorization", value), 400, "AuthorizationHeaderMalformed")
     unsupported = {
-        "SigV2": f"AWS {access_key}:{base64.b64encode(rng.randbytes(20)).decode()}",
         "Bearer": "Bearer abc.def.ghi",
         "Basic": "Basic " + base64.b64encode(b"user:pass").decode(),
         "empty": "",
@@ -696,6 +494,8 @@ def test_malformed_authorization_headers(world):
     }
     for label, value in unsupported.items():
         run.expect(label, base.replace("Authorization", value), 400, "InvalidRequest")
+    sigv2 = f"AWS {access_key}:{base64.b64encode(rng.randbytes(20)).decode()}"  # SigV2 is verified, and fails
+    run.expect("SigV2 with a made-up signature", base.replace("Authorization", sigv2), 403, "SignatureDoesNotMatch")
     for i in range(24):
         garbage = "".join(rng.choice(GARBAGE_CHARS) for _ in range(rng.randrange(1, 300)))
         if garbage.startswith("AWS4-HMAC-SHA256"):
@@ -790,16 +590,6 @@ def test_content_sha256_mismatch(world):
 
 
 # --- 4. aws-chunked ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Chunked:
-    """An aws-chunked PUT: the framed body, and how to sign it."""
-
-    headers: dict[str, str]
-    payload: str
-    chunks: list[bytes]
-    trailer: str = ""
-
 
 def frame_unsigned(chunks: list[bytes], trailer: str) -> bytes:
     out = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c) + b"0\r\n"
@@ -1136,6 +926,11 @@ def test_huge_and_too_many_headers(world):
     # Just under the limit is still served (a signed request with a 60 KB unsigned header).
     req = world.signer.sign("GET", f"/{MAIN}/small").replace("X-Padding", "p" * 60_000)
     run.expect("60 KB of headers", req, 200)
+    for size in (2049, 4000, 30_000):
+        meta = {f"x-amz-meta-m{n}": "v" * 1000 for n in range(size // 1000)} | {"x-amz-meta-rest": "r" * (size % 1000)}
+        run.expect(f"{size} bytes of user metadata",
+                   world.signer.sign("PUT", key_path(NOSTORE, f"meta-{size}"), headers=meta, body=b"x"), 400,
+                   "MetadataTooLarge")
     many = world.signer.sign("GET", f"/{MAIN}/small")
     for n in range(150):
         many = many.replace(f"X-Pad-{n}", "v")
@@ -1178,6 +973,12 @@ def test_invalid_and_malformed_ranges(world):
                                                                           headers={"Range": spec}), 200)
         if reply is not None and reply.status == 200 and reply.body != world.objects["small"]:
             run.fail(f"malformed Range {spec!r}", "did not return the whole object")
+    garbage_dates = ["yesterday", "Mon, 99 Foo 2020 00:00:00 GMT", "Mon, 01 Jan 99999 00:00:00 GMT",
+                     "Mon, 01 Jan 2020 00:00:00 +9999", "0", "\u00b2", "Sun Nov  6 08:49:37 99999"]
+    for value in garbage_dates:  # an unparseable date is ignored (RFC 9110): the object comes back whole
+        for header in ("If-Modified-Since", "If-Unmodified-Since"):
+            reply = run.expect(f"{header}: {value!r}",
+                               world.signer.sign("GET", f"/{MAIN}/small", headers={header: value}), 200)
     reply = run.expect("range past the end is clamped", world.signer.sign("GET", f"/{MAIN}/small",
                                                                           headers={"Range": "bytes=990-99999"}), 206)
     if reply is not None and reply.headers.get("content-range") != f"bytes 990-{size - 1}/{size}":
@@ -1236,16 +1037,68 @@ def test_bad_part_numbers_upload_ids_and_limits(world):
     run.expect("upload id of another key",
                sign("PUT", key_path(NOSTORE, "other-key"), f"partNumber=1&uploadId={uid}", body=b"p"), 404,
                "NoSuchUpload")
+    parts = {
+        "a part never uploaded": ([(1, '"0123456789abcdef0123456789abcdef"')], "InvalidPart"),
+        "part number 0": ([(0, '"x"')], "InvalidPart"),
+        "part number 10001": ([(10001, '"x"')], "InvalidPart"),
+        "part number past 64 bits": ([(10**25, '"x"')], "InvalidPart"),
+        "descending part numbers": ([(2, '"x"'), (1, '"x"')], "InvalidPartOrder"),
+        "a part listed twice": ([(1, '"x"'), (1, '"x"')], "InvalidPartOrder"),
+    }
+    for label, (listed, code) in parts.items():
+        doc = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>" for n, e in listed)
+        run.expect(f"CompleteMultipartUpload with {label}",
+                   sign("POST", key_path(NOSTORE, MPU_KEY), f"uploadId={uid}",
+                        body=f"<CompleteMultipartUpload>{doc}</CompleteMultipartUpload>".encode()), 400, code)
     run.expect("partNumber without uploadId", sign("PUT", key_path(NOSTORE, "k"), "partNumber=1", body=b"p"), 400,
                "InvalidRequest")
     for value in ("bytes=5-1", "bytes=abc", "0-10", "bytes=-5"):
         copy = sign("PUT", key_path(NOSTORE, MPU_KEY), f"partNumber=1&uploadId={uid}",
                     headers={"x-amz-copy-source": f"/{MAIN}/small", "x-amz-copy-source-range": value})
         run.expect(f"x-amz-copy-source-range {value!r}", copy, 400, "InvalidArgument")
+    headers = {
+        "x-amz-metadata-directive": ("PUT", "", {"x-amz-copy-source": f"/{MAIN}/small",
+                                                 "x-amz-metadata-directive": "MOVE"}, "InvalidArgument"),
+        "x-amz-checksum-algorithm": ("POST", "uploads=", {"x-amz-checksum-algorithm": "MD4"}, "InvalidRequest"),
+        "x-amz-checksum-type": ("POST", "uploads=", {"x-amz-checksum-algorithm": "CRC32",
+                                                     "x-amz-checksum-type": "PARTIAL"}, "InvalidRequest"),
+        "x-amz-trailer": ("PUT", "", {"x-amz-trailer": "x-amz-meta-evil"}, "InvalidRequest"),
+    }
+    for label, (method, query, extra, code) in headers.items():
+        run.expect(f"bad {label}", sign(method, key_path(NOSTORE, f"hdr-{label}"), query, headers=extra,
+                                        body=b"x" if method == "PUT" and "x-amz-copy-source" not in extra else b""),
+                   400, code)
     for value in ("nobucket", "/", f"/{MAIN}", f"/{MAIN}/", "%ff%fe"):
         run.expect(f"x-amz-copy-source {value!r}",
                    sign("PUT", key_path(NOSTORE, f"copy-{rng.randrange(10**6)}"),
                         headers={"x-amz-copy-source": value}), 400, "InvalidArgument")
+    run.check()
+
+
+OVERRIDES = ("response-content-type", "response-content-disposition", "response-cache-control",
+             "response-content-language", "response-expires", "response-content-encoding")
+
+
+def test_response_header_overrides_cannot_inject_headers(world):
+    """response-* query parameters become response headers; %0D%0A in one must not start a header of its own."""
+    run = Run(world, "header_injection")
+    injections = ("%0D%0AX-Injected:%20yes", "%0AX-Injected:%20yes", "%0DX-Injected:%20yes",
+                  "%0D%0A%0D%0A%3Cscript%3E", "a%00b", "a%7Fb", "a%1Bb")
+    for param in OVERRIDES:
+        for injection in injections:
+            for method in ("GET", "HEAD"):
+                reply = run.expect(f"{method} {param}=x{injection}",
+                                   world.signer.sign(method, f"/{MAIN}/small", f"{param}=x{injection}"), 400,
+                                   "InvalidArgument")
+                if reply is not None and ("x-injected" in reply.headers or b"<script>" in reply.body):
+                    run.fail(f"{method} {param}=x{injection}", "the response carries the injected header")
+        presigned = world.signer.presign("GET", f"/{MAIN}/small", f"{param}=x{injections[0]}")
+        run.expect(f"presigned {param} with CRLF", presigned, 400, "InvalidArgument")
+    disposition = quote('attachment; filename="report.txt"', safe="")
+    reply = run.expect("a plain override still works",
+                       world.signer.sign("GET", f"/{MAIN}/small", f"response-content-disposition={disposition}"), 200)
+    if reply is not None and reply.headers.get("content-disposition") != 'attachment; filename="report.txt"':
+        run.fail("a plain override", f"Content-Disposition {reply.headers.get('content-disposition')!r}")
     run.check()
 
 
@@ -1363,6 +1216,25 @@ def test_invalid_http_never_crashes(world):
             continue
         if reply is not None and reply.status not in (400, 405, 403):
             run.fail(label, f"answered {reply.status} {reply.code}")
+    for i in range(6):  # Content-Length shorter than the body: the rest is read as the next request, and refused
+        body = rng.randbytes(2000)
+        req = world.signer.sign("PUT", f"/{NOSTORE}/cl-short-{i}", body=body)
+        raw = req.replace("Content-Length", str(1000 + i * 100)).raw()
+        wire = Wire(world.port)
+        try:
+            wire.send(raw)
+            first = wire.reply("PUT")
+            second = wire.reply("PUT") if first is not None else None
+        except (socket.timeout, TimeoutError):
+            run.fail(f"Content-Length short by {1000 - i * 100}", "no answer")
+            continue
+        finally:
+            wire.close()
+            world.sent += 1
+        if first is None or (first.status, first.code) != (400, "XAmzContentSHA256Mismatch"):
+            run.fail(f"Content-Length short #{i}", f"first answer {first and (first.status, first.code)}")
+        if second is not None and (second.status, second.code) != (400, "BadRequest"):
+            run.fail(f"Content-Length short #{i}", f"the left-over bytes got {second.status} {second.code}")
     for i in range(60):
         junk = rng.randbytes(rng.randrange(1, 300))
         if i % 2:
@@ -1456,6 +1328,22 @@ def test_pipelined_requests_are_answered_in_order(world):
                     run.fail(f"pipeline #{i} request {n}", "HEAD with the wrong Content-Length")
         finally:
             wire.close()
+    for i in range(6):  # a broken request behind good ones: the good ones are answered first, in order
+        good = [rng.choice(names) for _ in range(1 + i % 3)]
+        raw = b"".join(world.signer.sign("GET", f"/{MAIN}/{k}").raw() for k in good) + b"GET / HTTP/1.1\r\nBad\r\n\r\n"
+        wire = Wire(world.port)
+        try:
+            wire.send(raw)
+            world.sent += len(good) + 1
+            replies = [wire.reply("GET") for _ in range(len(good) + 1)]
+        finally:
+            wire.close()
+        for n, name in enumerate(good):
+            if replies[n] is None or replies[n].body != world.objects[name]:
+                run.fail(f"good request {n} before a broken one", f"got {replies[n] and replies[n].status}")
+        last = replies[-1]
+        if last is None or (last.status, last.code) != (400, "BadRequest"):
+            run.fail("the broken request after good ones", f"got {last and (last.status, last.code)}")
     run.check()
 
 
@@ -1523,9 +1411,16 @@ def test_server_is_healthy_after_the_hostile_traffic(world):
     not_implemented = [e for e in entries if e["status"] == 501]
     assert len(not_implemented) == world.expected_501, (
         f"{len(not_implemented)} 501 answers logged, {world.expected_501} expected")
+    deadline = time.monotonic() + 5
+    while os.listdir(Path(world.server.data_dir, "tmp")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftovers = os.listdir(Path(world.server.data_dir, "tmp"))
+    assert not leftovers, f"temp files of rejected or abandoned uploads were left behind: {leftovers[:10]}"
     log = world.server.log_text()
     assert "Traceback" not in log, log[-5000:]
     if world.categories_run >= set(CATEGORIES):
         assert world.sent >= 1000, f"only {world.sent} hostile requests were sent"
         assert len(entries) >= 900, f"only {len(entries)} requests reached the access log"
     assert_nothing_outside_data_dir(world)
+
+

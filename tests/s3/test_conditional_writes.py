@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import failure, status_of
+from s3util import failure, status_of
 
 
 def _one_part_upload(s3, bucket, key, body=b"multipart body"):

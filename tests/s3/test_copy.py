@@ -8,7 +8,7 @@ import os
 from urllib.parse import quote
 
 import pytest
-from conftest import failure, key_path, signed_request, status_of
+from s3util import failure, key_path, signed_request, status_of
 
 
 @pytest.fixture

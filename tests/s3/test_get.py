@@ -8,7 +8,7 @@ import os
 from email.utils import formatdate, parsedate_to_datetime
 
 import pytest
-from conftest import failure, key_path, signed_request, status_of
+from s3util import failure, key_path, signed_request, status_of
 
 DATA = bytes(range(256)) * 4  # 1024 bytes, every offset recognisable
 
@@ -42,6 +42,8 @@ def test_unsatisfiable_ranges_are_416_with_the_size(s3, obj, key, header):
     error = failure(s3.get_object, Bucket=obj, Key=key, Range=header)
     assert (error.code, error.status) == ("InvalidRange", 416)
     assert error.headers.get("content-range") == f"bytes */{size}"
+    error = failure(s3.head_object, Bucket=obj, Key=key, Range=header)
+    assert error.status == 416 and error.headers.get("content-range") == f"bytes */{size}"
 
 
 def test_several_ranges_or_a_malformed_one_return_the_whole_object(atoll, s3, obj):
@@ -87,6 +89,9 @@ def test_part_numbers_of_a_multipart_object(s3, bucket):
         head = s3.head_object(Bucket=bucket, Key="mp", PartNumber=number)
         assert head["PartsCount"] == 3 and head["ContentLength"] == len(data)
         start += len(data)
+    across = s3.get_object(Bucket=bucket, Key="mp", Range=f"bytes={sizes[0] - 3}-{sizes[0] + sizes[1] + 2}")
+    assert across["Body"].read() == whole[sizes[0] - 3:sizes[0] + sizes[1] + 3]  # spans all three parts
+    assert "PartsCount" not in across
     plain = s3.get_object(Bucket=bucket, Key="mp")
     assert status_of(plain) == 200 and "PartsCount" not in plain and plain["ContentLength"] == len(whole)
     plain["Body"].close()

@@ -7,7 +7,7 @@ import hashlib
 import os
 
 import pytest
-from conftest import failure
+from s3util import failure
 
 MIB = 1 << 20
 BIG = os.urandom(5 * MIB)  # the minimum size of a part that is not the last

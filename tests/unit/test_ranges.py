@@ -40,7 +40,7 @@ def test_unsatisfiable(header, size):
 
 @pytest.mark.parametrize("header", [
     None, "", "bytes=", "bytes=-", "bytes=a-b", "bytes=5-2", "items=0-5", "bytes 0-5", "bytes=0-1,3-4",
-    "bytes=0-1, 5-", "bytes=1.5-2", "bytes=+1-2", "BYTES=0-1x",
+    "bytes=0-1, 5-", "bytes=1.5-2", "bytes=+1-2", "BYTES=0-1x", "bytes=\u00b2-", "bytes=-\u00b3", "bytes=1_0-20",
 ])
 def test_malformed_or_multiple_ranges_mean_the_whole_object(header):
     assert parse_range(header, 10) is None

@@ -87,7 +87,7 @@ def _raise_captured(request, **_):
 def make_client(endpoint: str = ENDPOINT, access_key: str = ACCESS_KEY, secret: str = SECRET,
                 region: str = "eu-central-1", **config):
     # signature_version="s3v4": without it boto3 presigns with SigV2 in most regions (see
-    # test_boto3_default_presign_is_sigv2_and_refused_clearly).
+    # test_boto3_default_presign_is_sigv2_and_handed_to_sigv2).
     config.setdefault("signature_version", "s3v4")
     client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access_key,
                           aws_secret_access_key=secret, region_name=region,
@@ -362,14 +362,16 @@ def test_presigned_url_with_operation_parameters(botocore_signer):
     presigned(url).verify()
 
 
-def test_boto3_default_presign_is_sigv2_and_refused_clearly():
+def test_boto3_default_presign_is_sigv2_and_handed_to_sigv2():
     # boto3's default presign signature for S3 is SigV2 in every region that still accepts it (us-east-1 and
-    # most others), unless the client sets signature_version="s3v4". Atoll speaks SigV4 only, and says so.
+    # most others), unless the client sets signature_version="s3v4". verify_request hands it to atoll.auth.sigv2
+    # (tested in tests/unit/test_sigv2.py).
     client = make_client(region="us-east-1", signature_version=None)
     url = client.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
-    assert "AWSAccessKeyId=" in url
-    error = assert_auth_error("InvalidRequest", presigned(url).verify)
-    assert "Signature Version 4" in error.message
+    assert "AWSAccessKeyId=" in url and "X-Amz-Algorithm" not in url
+    context = presigned(url).verify()
+    assert (context.access_key, context.presigned, context.payload_mode) == (ACCESS_KEY, True, "unsigned")
+    assert_auth_error("SignatureDoesNotMatch", presigned(url).verify, path="/b/other")
 
 
 def test_presigned_tampering_fails():
@@ -461,8 +463,10 @@ def test_presigned_query_errors():
                                                                                "X-Amz-Expires=soon"))
     assert_auth_error("InvalidAccessKeyId", presigned(make_client(access_key="AKIDNOBODY").generate_presigned_url(
         "get_object", Params={"Bucket": "b", "Key": "k"})).verify)
-    assert_auth_error("InvalidRequest", verify_request, "GET", "/b/k",
-                      "AWSAccessKeyId=AK&Expires=1700000000&Signature=abc%3D", {"host": "h"}, secret_for, time.time())
+    error = assert_auth_error("AccessDenied", verify_request, "GET", "/b/k",  # SigV2's, expired in 2023
+                              "AWSAccessKeyId=AK&Expires=1700000000&Signature=abc%3D", {"host": "h"}, secret_for,
+                              time.time())
+    assert error.message == "Request has expired"
 
 
 # --- tampering and errors, header auth --------------------------------------------------------------------------
@@ -559,7 +563,7 @@ def test_anonymous_requests_return_none():
         assert verify_request("GET", "/b/k", query, {"host": "h"}, secret_for, time.time()) is None
 
 
-@pytest.mark.parametrize("authorization", ["AWS AKIDEXAMPLE:frJIUN8DYpKDtOLCwo//yllqDzg=",
+@pytest.mark.parametrize("authorization", ["AWS3-HTTPS AWSAccessKeyId=AKIDEXAMPLE,Algorithm=HmacSHA256",
                                            "Bearer token", "AWS4-ECDSA-P256-SHA256 Credential=x"])
 def test_other_auth_schemes_are_refused_clearly(authorization):
     error = assert_auth_error("InvalidRequest", verify_request, "GET", "/b/k", "",
