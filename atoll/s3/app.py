@@ -91,7 +91,7 @@ class S3App:
         if not raw_path.startswith("/"):
             raise S3Error("InvalidURI", "Couldn't parse the specified URI.")
         try:
-            path = unquote(raw_path, errors="strict")
+            path = unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
         except UnicodeDecodeError:
             raise S3Error("InvalidURI", "Couldn't parse the specified URI.") from None
         bucket = self._virtual_host_bucket(request.headers.get("host", ""))

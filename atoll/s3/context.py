@@ -57,12 +57,30 @@ def _is_integer(text: str) -> bool:
     return digits.isascii() and digits.isdigit()
 
 
+_parsed_queries: dict[str, dict[str, str]] = {}
+_PARSED_QUERIES_MAX = 4096
+
+
 def parse_query(raw: str) -> dict[str, str]:
     """Query parameters decoded with ``unquote`` (never ``unquote_plus``: S3 clients encode '+' as %2B and a
-    literal '+' must stay '+')."""
-    params: dict[str, str] = {}
+    literal '+' must stay '+').
+
+    The result is shared and must not be modified: the same query string (a presigned URL that a data loader
+    fetches again and again, a listing's fixed parameters) is parsed once and then looked up."""
     if not raw:
-        return params
+        return {}
+    cached = _parsed_queries.get(raw)
+    if cached is not None:
+        return cached
+    params = _parse_query(raw)
+    if len(_parsed_queries) >= _PARSED_QUERIES_MAX:
+        _parsed_queries.clear()
+    _parsed_queries[raw] = params
+    return params
+
+
+def _parse_query(raw: str) -> dict[str, str]:
+    params: dict[str, str] = {}
     for item in raw.split("&"):
         if not item:
             continue

@@ -29,6 +29,10 @@ _OVERRIDES = (
 )
 
 
+_OVERRIDE_PARAMS = frozenset(param for param, _ in _OVERRIDES)
+_CONDITION_HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+
+
 # request helpers ---------------------------------------------------------------------------------------
 def stored_headers(headers: dict[str, str]) -> dict[str, str]:
     out = {}
@@ -63,7 +67,12 @@ def write_condition(headers: dict[str, str]) -> WriteCondition | None:
                           if_none_match=if_none_match is not None)
 
 
+_NO_CONDITIONS = ReadConditions()
+
+
 def read_conditions(headers: dict[str, str], prefix: str = "") -> ReadConditions:
+    if not prefix and not any(name in headers for name in _CONDITION_HEADERS):
+        return _NO_CONDITIONS
     return ReadConditions(
         if_match=headers.get(f"{prefix}if-match"),
         if_none_match=headers.get(f"{prefix}if-none-match"),
@@ -112,7 +121,25 @@ def _etag_header(etag: str) -> str:
     return f'"{etag}"'
 
 
+_header_cache: dict[str, tuple[tuple[str, str], ...]] = {}
+_HEADER_CACHE_MAX = 16384
+
+
 def object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
+    """The stored headers of a version, as a fresh list the caller may extend. Built once per version (its
+    ETag, dates and metadata never change, and a metadata REPLACE makes a new modification time) and then
+    copied, since hot small objects are fetched over and over."""
+    key = f"{version.version_id}/{version.last_modified}"
+    cached = _header_cache.get(key)
+    if cached is None:
+        cached = tuple(_build_object_headers(version))
+        if len(_header_cache) >= _HEADER_CACHE_MAX:
+            _header_cache.clear()
+        _header_cache[key] = cached
+    return list(cached)
+
+
+def _build_object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
     headers = [
         ("ETag", _etag_header(version.etag)),
         ("Last-Modified", http_date(int(version.last_modified))),
@@ -128,6 +155,8 @@ def object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
 
 
 def _apply_overrides(ctx: S3Context, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if not ctx.query or _OVERRIDE_PARAMS.isdisjoint(ctx.query):
+        return headers
     overrides = [(header, ctx.query[param]) for param, header in _OVERRIDES if param in ctx.query]
     if not overrides:
         return headers

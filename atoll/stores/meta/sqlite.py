@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mmap
 import os
 import queue
 import sqlite3
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS garbage (blob_id TEXT PRIMARY KEY, since REAL NOT NUL
 _OBJECT_COLUMNS = "bucket, key, version_id, size, etag, last_modified, owner_id, part_count, checksum_type, extents, attrs"
 _BATCH_MAX = 512
 _VERSION_CACHE_ENTRIES = 65536
+_TOKEN_FILE_SIZE = 4096
 _MISS = object()
 
 
@@ -103,12 +105,46 @@ def _row_to_part(row: Sequence[Any]) -> Part:
                 last_modified=row[5], checksums=json.loads(row[6]))
 
 
+class ChangeToken:
+    """An 8-byte token in a shared memory-mapped file that every committer replaces after each commit.
+
+    Readers keep caches valid while the token is unchanged: reading it costs a memory access, where asking
+    SQLite (``PRAGMA data_version``) costs a read transaction with two fcntl locks and a stat per request. A
+    committer writes a fresh random token, not an increment, so two processes committing at once can never
+    write back the value a reader already saw. The token is also replaced when a store opens, which covers a
+    process that died between its commit and its token write; the read path additionally confirms with
+    ``data_version`` every ``CONFIRM_INTERVAL`` seconds as a last line of defence.
+    """
+
+    CONFIRM_INTERVAL = 0.1
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_size < _TOKEN_FILE_SIZE:
+                os.ftruncate(fd, _TOKEN_FILE_SIZE)
+            self._map = mmap.mmap(fd, _TOKEN_FILE_SIZE)
+        finally:
+            os.close(fd)
+        self.replace()
+
+    def read(self) -> bytes:
+        return self._map[0:8]
+
+    def replace(self) -> None:
+        self._map[0:8] = os.urandom(8)
+
+    def close(self) -> None:
+        self._map.close()
+
+
 class _GroupCommitWriter(threading.Thread):
     """Runs write functions in batches: one transaction and one fsync per batch, a savepoint per function."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, token: ChangeToken) -> None:
         super().__init__(name="atoll-meta-writer", daemon=True)
         self._path = path
+        self._token = token
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -154,6 +190,7 @@ class _GroupCommitWriter(threading.Thread):
                     conn.execute("RELEASE op")
                     outcomes.append((fut, loop, None, result))
             conn.execute("COMMIT")
+            self._token.replace()  # before anyone learns of the commit, so no reader can cache across it
         except sqlite3.Error as exc:
             try:
                 conn.execute("ROLLBACK")
@@ -209,6 +246,9 @@ class SqliteMetaStore:
         self._pool: ThreadPoolExecutor | None = None
         self._versions: dict[tuple[str, str], ObjectVersion | None] = {}
         self._versions_generation = -1
+        self._versions_token = b""
+        self._versions_confirmed = 0.0
+        self._token: ChangeToken | None = None
 
     # lifecycle -------------------------------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -227,7 +267,8 @@ class SqliteMetaStore:
             raise RuntimeError(f"metadata schema {row[0]} is newer than this Atoll ({SCHEMA_VERSION})")
         conn.close()
         self._reader = _connect(self.path, readonly=True)
-        self._writer = _GroupCommitWriter(self.path)
+        self._token = ChangeToken(self.path + "-token")
+        self._writer = _GroupCommitWriter(self.path, self._token)
         self._writer.start()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="atoll-meta-read")
 
@@ -244,6 +285,9 @@ class SqliteMetaStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._token is not None:
+            self._token.close()
+            self._token = None
 
     async def close(self) -> None:
         await asyncio.to_thread(self.close_sync)
@@ -324,24 +368,24 @@ class SqliteMetaStore:
         return self.get_object_now(bucket, key)
 
     def get_object_now(self, bucket: str, key: str) -> ObjectVersion | None:
-        """The current version, from the read cache while no connection has committed since it was filled.
-
-        ``PRAGMA data_version`` changes whenever any other connection (another worker process, or this
-        process's writer thread) commits, so one cheap check per lookup keeps the cache exact without any
-        cross-process signalling; a write anywhere empties it. Versions are treated as immutable by callers.
-        """
-        reader = self._reader
-        generation = reader.execute("PRAGMA data_version").fetchone()[0]
+        """The current version, from the read cache while nobody has committed since it was filled (see
+        ``ChangeToken``). Versions are shared by callers and treated as immutable."""
         cache = self._versions
-        if generation != self._versions_generation:
-            cache.clear()
-            self._versions_generation = generation
+        token = self._token.read()
+        now = time.monotonic()
+        if token != self._versions_token or now - self._versions_confirmed > ChangeToken.CONFIRM_INTERVAL:
+            generation = self._reader.execute("PRAGMA data_version").fetchone()[0]
+            if token != self._versions_token or generation != self._versions_generation:
+                cache.clear()
+                self._versions_token = token
+                self._versions_generation = generation
+            self._versions_confirmed = now
         else:
             hit = cache.get((bucket, key), _MISS)
             if hit is not _MISS:
                 return hit
-        row = reader.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
-                             (bucket, key)).fetchone()
+        row = self._reader.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
+                                   (bucket, key)).fetchone()
         version = _row_to_version(row) if row else None
         if len(cache) >= _VERSION_CACHE_ENTRIES:
             cache.clear()
