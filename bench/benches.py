@@ -469,7 +469,7 @@ def build(settings, peers: dict, src, list_info: dict) -> list[Bench]:
                   "presigned HEAD"),
                pc("moto", lambda p: lambda: wrk(p, p.head_url("empty"), s.moto_dur, s.conn, s.wrk_threads, "head.lua"),
                   f"presigned HEAD, {s.moto_dur}s runs")], judge_head),
-        Bench("head-paced", f"HEAD, {s.conn} connections paced at 1 request per {s.pace_ms} ms each "
+        Bench("head-paced", f"HEAD, {s.conn} connections paced: random 0–{2 * s.pace_ms} ms pause after each response "
               f"(≤{s.conn * 1000 // max(1, s.pace_ms):,} req/s offered; {s.dur}s; 0-byte object)", "p99_ms", "ms p99",
               [pc(lab, (lambda p: lambda: wrk(p, p.head_url("empty"), s.moto_dur if p.kind == "moto" else s.dur,
                                               s.conn, s.wrk_threads, "head.lua", s.pace_ms)))

@@ -7,13 +7,17 @@ access key id is logged, never a signature, a secret, or a presigned query strin
 
 from __future__ import annotations
 
-import json
+from json.encoder import encode_basestring
 import os
 import sys
 import threading
 import time
 
 from atoll.http.server import Request
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
 
 
 class AccessLog:
@@ -29,15 +33,18 @@ class AccessLog:
         self._thread.start()
 
     def record(self, request: Request, status: int, sent: int, elapsed: float) -> None:
+        # Formatted by hand: json.dumps of a dict cost ~15 µs, a third of a small GET; only the strings a
+        # client controls go through the JSON string encoder.
         state = request.state
         key = state.get("key")
-        line = json.dumps({
-            "time": round(time.time(), 3), "request_id": request.id, "remote": request.client,
-            "method": request.method, "op": state.get("op", "-"), "bucket": state.get("bucket"),
-            "key": key[:1024] if key else None, "status": status, "bytes_sent": sent,
-            "bytes_received": request.content_length, "ms": round(elapsed * 1000, 3),
-            "access_key": state.get("access_key"), "agent": request.headers.get("user-agent", "")[:200],
-        }, ensure_ascii=False, separators=(",", ":"))
+        received = request.content_length
+        line = (f'{{"time":{time.time():.3f},"request_id":"{request.id}","remote":{_text(request.client)},'
+                f'"method":{_text(request.method)},"op":{_text(state.get("op", "-"))},'
+                f'"bucket":{_text(state.get("bucket"))},"key":{_text(key[:1024] if key else None)},'
+                f'"status":{status},"bytes_sent":{sent},'
+                f'"bytes_received":{"null" if received is None else received},"ms":{elapsed * 1000:.3f},'
+                f'"access_key":{_text(state.get("access_key"))},'
+                f'"agent":{_text(request.headers.get("user-agent", "")[:200])}}}')
         with self._lock:
             self._lines.append(line)
 

