@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import string
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -45,6 +46,14 @@ _BUCKET_TTL = 1.0
 # Given the digests of a staged body and its size, a front end checks what the client declared and returns
 # the checksums to store (algorithm -> base64); it raises BadDigest/InvalidDigest on a mismatch.
 Verifier = Callable[[dict[str, bytes], int], dict[str, str]]
+
+
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_secret_key() -> str:
+    """40 random letters and digits (238 bits): no '-' or '_' that a shell or a CLI could take for an option."""
+    return "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40))
 
 
 def validate_bucket_name(name: str) -> None:
@@ -110,7 +119,7 @@ class Namespace:
                               secret_key: str | None = None, is_root: bool = False) -> Identity:
         identity = Identity(
             access_key=access_key or "AK" + secrets.token_hex(9).upper(),
-            secret_key=secret_key or secrets.token_urlsafe(30)[:40],
+            secret_key=secret_key or new_secret_key(),
             owner_id=secrets.token_hex(32),
             display_name=display_name,
             created=time.time(),
@@ -374,7 +383,8 @@ class Namespace:
                             checksum_type: str = "") -> Upload:
         validate_key(key)
         await self.bucket_for(identity, bucket)
-        upload = Upload(upload_id=secrets.token_urlsafe(24), bucket=bucket, key=key, initiated=time.time(),
+        # Hex, not base64: an id starting with '-' is read as an option by command-line clients (aws s3api).
+        upload = Upload(upload_id=secrets.token_hex(24), bucket=bucket, key=key, initiated=time.time(),
                         owner_id=identity.owner_id, headers=headers, user_meta=user_meta,
                         checksum_algorithm=checksum_algorithm, checksum_type=checksum_type)
         await self.meta.create_upload(upload)
