@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import os
 import random
 import threading
@@ -189,3 +190,58 @@ def test_concurrent_readers_never_see_mixed_versions(new_server):
     assert get_all(s3, "atomic", "k") == final
     # The last version is a multipart object of 3 parts, each its own blob; everything else gets collected.
     wait_for_blob_count(server.data_dir, 3)
+
+
+@pytest.mark.timeout(120)
+def test_ranged_parallel_downloads_during_overwrites_are_whole_or_fail(new_server):
+    """boto3's download_fileobj reads a large object as parallel ranged GETs carrying If-Match with the ETag of
+    its first response. Overwrites racing with it must make it fail (412), never assemble parts of two
+    versions."""
+    import botocore.exceptions
+    from boto3.s3.transfer import TransferConfig
+    from s3transfer.exceptions import S3DownloadFailedError
+
+    size = 24 << 20
+    server = new_server()
+    s3 = server.client()
+    s3.create_bucket(Bucket="atomic")
+    versions = [big_content(gen, size) for gen in range(3)]
+    s3.put_object(Bucket="atomic", Key="big", Body=versions[0])
+    done = threading.Event()
+    writes = [0]
+
+    def overwrite() -> None:
+        writer = server.client()
+        while not done.is_set() and writes[0] < 200:
+            writes[0] += 1
+            writer.put_object(Bucket="atomic", Key="big", Body=versions[writes[0] % 3])
+            time.sleep(0.05)
+
+    config = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=4 << 20, max_concurrency=4)
+    thread = threading.Thread(target=overwrite, daemon=True)
+    thread.start()
+    outcomes = {"whole": 0, "refused": 0}
+    try:
+        attempts = 0
+        while attempts < 12 or (writes[0] < 8 and attempts < 40):
+            attempts += 1
+            sink = io.BytesIO()
+            try:
+                s3.download_fileobj("atomic", "big", sink, Config=config)
+            except botocore.exceptions.ClientError as exc:
+                assert exc.response["Error"]["Code"] in ("PreconditionFailed", "412"), exc.response
+                outcomes["refused"] += 1
+                continue
+            except S3DownloadFailedError as exc:  # s3transfer's wording for the same 412
+                assert "did not match expected ETag" in str(exc), exc
+                outcomes["refused"] += 1
+                continue
+            got = sink.getvalue()
+            assert got in versions, f"a download assembled {len(got)} bytes from more than one version: " \
+                                    f"{[got[i:i + 24] for i in range(0, len(got), 4 << 20)]}"
+            outcomes["whole"] += 1
+    finally:
+        done.set()
+        thread.join(60)
+    assert writes[0] >= 3 and outcomes["whole"] + outcomes["refused"] == attempts, (writes, outcomes)
+    print(f"downloads during {writes[0]} overwrites: {outcomes}")

@@ -151,10 +151,11 @@ def test_two_workers_serve_one_port_and_share_the_store(new_server):
     # and deletes, back to back.
     conns = one_connection_per_worker(server, workers)
     a, b = conns.values()
+    rng = random.Random(11)
     for i in range(40):
         writer, reader = (a, b) if i % 2 else (b, a)
         key = f"raw/{i % 5}"
-        data = pattern(i, random.choice([1, 5000, 100_000, MiB + 7]))
+        data = pattern(i, rng.choice([1, 5000, 100_000, MiB + 7]))
         status, headers, _ = writer.call("put_object", body=data, Bucket="shared", Key=key)
         assert status == 200
         status, got_headers, got = reader.call("get_object", Bucket="shared", Key=key)
@@ -198,6 +199,20 @@ def test_killed_worker_is_replaced_and_service_continues(new_server):
     s3.create_bucket(Bucket="phoenix")
     before = worker_pids(server.proc.pid, 2)
     victim = min(before)
+
+    # Kill the victim in the middle of an upload: its temp file must not outlive it.
+    conns = one_connection_per_worker(server, before)
+    upload = conns[victim]
+    url = urlsplit(upload.presigner.generate_presigned_url("put_object", Params={"Bucket": "phoenix", "Key": "cut"}))
+    upload.http.putrequest("PUT", f"{url.path}?{url.query}")
+    upload.http.putheader("Content-Length", str(64 * MiB))
+    upload.http.endheaders()
+    upload.http.send(pattern(3, 16 * MiB))
+    tmp = Path(server.data_dir) / "tmp"
+    deadline = time.monotonic() + 10
+    while not any(name.endswith(f".{victim}") for name in os.listdir(tmp)):
+        assert time.monotonic() < deadline, "the upload never reached a temp file"
+        time.sleep(0.02)
     os.kill(victim, signal.SIGKILL)
     after = worker_pids(server.proc.pid, 2, exclude={victim})
     replacement = (after - before).pop()
@@ -213,6 +228,10 @@ def test_killed_worker_is_replaced_and_service_continues(new_server):
         served.add(conn.pid)
         conn.close()
     assert served == after and replacement in served, f"served by {served}, workers {after}"
+    left = [name for name in os.listdir(tmp) if name.endswith(f".{victim}")]
+    assert not left, f"temp files of the killed worker are still there: {left}"
+    for conn in conns.values():
+        conn.close()
     assert server.stop() == 0
 
 
@@ -235,6 +254,8 @@ def test_sigterm_finishes_a_slow_get_refuses_new_connections_and_exits_0(new_ser
     response = reader.http.getresponse()
     assert response.status == 200
     got = hashlib.sha256(response.read(8 * MiB))
+    idle = Conn(server)  # a keep-alive connection with nothing in flight must not hold the shutdown up
+    assert idle.call("list_buckets")[0] == 200
 
     if signal_to == "master":
         os.kill(server.proc.pid, signal.SIGTERM)
@@ -243,6 +264,9 @@ def test_sigterm_finishes_a_slow_get_refuses_new_connections_and_exits_0(new_ser
     signalled = time.monotonic()
     wait_refused(server.port)
     assert server.proc.poll() is None, "the server exited with a response still in flight"
+    idle.http.sock.settimeout(10)
+    assert idle.http.sock.recv(1) == b"", "an idle keep-alive connection was not closed on SIGTERM"
+    idle.close()
 
     # Read the rest slowly (about 2.5 s) while the server is stopping.
     received = 8 * MiB
@@ -253,12 +277,41 @@ def test_sigterm_finishes_a_slow_get_refuses_new_connections_and_exits_0(new_ser
         received += len(chunk)
         time.sleep(0.04)
     assert got.hexdigest() == want
+    finished = time.monotonic()
     reader.http.sock.settimeout(10)
     assert reader.http.sock.recv(1) == b"", "the connection stayed open after its response during shutdown"
     reader.close()
     assert server.proc.wait(30) == 0, server.log_text()[-3000:]
-    assert time.monotonic() - signalled < 30
+    assert time.monotonic() - finished < 5, "the server lingered after its last request finished"
+    assert finished - signalled < 30
     assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_grace_is_a_deadline(new_server):
+    """A client that stops reading cannot hold a stopping server past shutdown_grace: its response is cut and
+    the server still exits 0."""
+    server = new_server(extra_env={"ATOLL_SHUTDOWN_GRACE": "1"})
+    s3 = server.client()
+    s3.create_bucket(Bucket="stuck")
+    s3.put_object(Bucket="stuck", Key="big", Body=pattern(5, 64 * MiB))
+    stuck = Conn(server)
+    url = urlsplit(stuck.presigner.generate_presigned_url("get_object", Params={"Bucket": "stuck", "Key": "big"}))
+    stuck.http.request("GET", f"{url.path}?{url.query}")
+    response = stuck.http.getresponse()
+    assert response.status == 200 and len(response.read(MiB)) == MiB
+    signalled = time.monotonic()
+    os.killpg(server.proc.pid, signal.SIGTERM)
+    assert server.proc.wait(15) == 0, server.log_text()[-3000:]
+    assert time.monotonic() - signalled < 6, "the server overstayed its 1 s shutdown grace"
+    received = MiB
+    try:
+        while chunk := response.read(MiB):
+            received += len(chunk)
+    except (ConnectionError, http.client.IncompleteRead):
+        pass
+    assert received < 64 * MiB, "the stuck response was completed, so this test proved nothing"
+    stuck.close()
 
 
 @pytest.mark.timeout(90)
