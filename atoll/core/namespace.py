@@ -110,6 +110,8 @@ class Namespace:
         if cached is not None and now - cached[1] < _IDENTITY_TTL:
             return cached[0]
         found = await self.meta.get_identity(access_key)
+        if found is None:
+            return None  # not cached: a key created a moment ago on another worker must work at once
         if len(self._identities) > 10000:
             self._identities.clear()
         self._identities[access_key] = (found, now)

@@ -190,6 +190,8 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore) -> None
     """Fork workers, each with its own SO_REUSEPORT listening socket; restart any that dies unexpectedly."""
     hold.close()  # the workers' sockets hold the port from here on
     children: dict[int, int] = {}
+    started: dict[int, float] = {}  # slot -> when its current worker was started
+    delay: dict[int, float] = {}  # slot -> the last restart delay
     stopping = False
 
     def spawn(slot: int) -> None:
@@ -229,6 +231,7 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore) -> None
     signal.signal(signal.SIGINT, forward)
     for slot in range(config.workers):
         spawn(slot)
+        started[slot] = time.monotonic()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     while children:
         try:
@@ -243,6 +246,13 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore) -> None
         if removed:
             log.info("removed %d temp files of worker %d", removed, pid)
         if slot is not None and not stopping:
-            log.error("worker %d exited (status %d); starting a new one", pid, status)
-            time.sleep(0.2)
+            # Back off when workers die young (a broken disk, a bad config found late): 0.2 s doubling to 30 s.
+            now = time.monotonic()
+            quick = now - started.get(slot, 0.0) < 10.0
+            delay[slot] = min(delay.get(slot, 0.1) * 2, 30.0) if quick else 0.2
+            log.error("worker %d exited (status %d); starting a new one in %.1fs", pid, status, delay[slot])
+            wake = now + delay[slot]
+            while not stopping and time.monotonic() < wake:  # a SIGTERM meanwhile must not wait out the delay
+                time.sleep(0.05)
             spawn(slot)
+            started[slot] = time.monotonic()
