@@ -103,8 +103,6 @@ async def stage(store: DataStore, body: AsyncIterator[bytes], algorithms: Iterab
                 break
         if pieces:
             await run_io(_write_and_hash, writer, hashers, pieces)
-        elif size == 0:
-            pass
     except OSError as exc:
         await run_io(writer.abort)
         raise _storage_error(exc) from exc

@@ -262,10 +262,8 @@ class HttpConnection(asyncio.Protocol):
         for req in (self._current, self._active, *self._queue):
             if req is not None and not req._complete:
                 req._fail(gone)
-        if self._task is not None and not self._task.done():
-            # A handler streaming a body to a closed socket learns it from its next write; one still reading the
-            # request body learns it from body_chunks. Either way it ends soon; nothing to cancel mid-commit.
-            pass
+        # A running handler is not cancelled: one streaming a body to the closed socket learns it from its next
+        # write, one still reading the request body from body_chunks, and one committing must finish its commit.
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ClientGone("client disconnected"))

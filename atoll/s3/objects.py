@@ -10,7 +10,7 @@ from functools import lru_cache
 from urllib.parse import unquote
 
 from atoll import errors
-from atoll.core.conditions import ReadConditions
+from atoll.core.conditions import ReadConditions, check as check_conditions
 from atoll.core.models import STORED_HEADERS, ObjectVersion
 from atoll.core.namespace import CopySource
 from atoll.http.server import FileExtent, Response
@@ -209,8 +209,7 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
         if head:
             version = await ctx.ns.head_object(ctx.identity, ctx.bucket, ctx.key)
             if not conditions.empty:
-                from atoll.core.conditions import check
-                check(conditions, version.etag, version.last_modified)
+                check_conditions(conditions, version.etag, version.last_modified)
             start, end = byte_range(version)
             opened = []
         else:

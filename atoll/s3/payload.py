@@ -82,9 +82,7 @@ def body_source(ctx: S3Context) -> tuple[AsyncIterator[bytes], set[str], Verifie
     trailers: dict[str, str] = {}
     decoded_length: int | None = None
     if mode in _STREAMING:
-        encoding = headers.get("content-encoding", "")
-        if "aws-chunked" not in encoding.lower() and mode != "streaming-unsigned-trailer" and not chunked_transfer:
-            pass  # some SDKs omit Content-Encoding; the payload mode alone says the body is aws-chunked
+        # The payload mode alone says the body is aws-chunked: some SDKs omit Content-Encoding: aws-chunked.
         raw = headers.get("x-amz-decoded-content-length")
         if raw is None or not (raw.isascii() and raw.isdigit()):  # isdigit() alone takes "²", which int() refuses
             raise S3Error("MissingContentLength", "You must provide the x-amz-decoded-content-length header.",
