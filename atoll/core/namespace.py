@@ -20,7 +20,7 @@ import string
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Generic, Sequence, TypeVar
 
 from atoll import errors
 from atoll.core import checksums as cks
@@ -46,6 +46,7 @@ _BUCKET_TTL = 1.0
 # Given the digests of a staged body and its size, a front end checks what the client declared and returns
 # the checksums to store (algorithm -> base64); it raises BadDigest/InvalidDigest on a mismatch.
 Verifier = Callable[[dict[str, bytes], int], dict[str, str]]
+T = TypeVar("T")
 
 
 _SECRET_ALPHABET = string.ascii_letters + string.digits
@@ -89,6 +90,33 @@ class CopySource:
     byte_range: tuple[int, int] | None = None  # inclusive, for UploadPartCopy
 
 
+class _HitCache(Generic[T]):
+    """Lookups that found something, kept for ``ttl`` seconds. Misses are never kept: what another worker process
+    created a moment ago must be found at once (a new access key, or a bucket a client HEADs, creates and then
+    writes to over different connections)."""
+
+    def __init__(self, ttl: float, limit: int = 10000) -> None:
+        self._ttl = ttl
+        self._limit = limit
+        self._entries: dict[str, tuple[T, float]] = {}
+
+    async def get(self, name: str, fetch: Callable[[str], Awaitable[T | None]]) -> T | None:
+        now = time.monotonic()
+        cached = self._entries.get(name)
+        if cached is not None and now - cached[1] < self._ttl:
+            return cached[0]
+        found = await fetch(name)
+        if found is None:
+            return None
+        if len(self._entries) > self._limit:
+            self._entries.clear()
+        self._entries[name] = (found, now)
+        return found
+
+    def forget(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+
 class Namespace:
     def __init__(self, meta: MetaStore, data: DataStore, *, region: str = "us-east-1",
                  min_part_size: int = MIN_PART_SIZE, small_cache_bytes: int = 64 << 20) -> None:
@@ -96,8 +124,8 @@ class Namespace:
         self.data = data
         self.region = region
         self.min_part_size = min_part_size
-        self._identities: dict[str, tuple[Identity | None, float]] = {}
-        self._buckets: dict[str, tuple[Bucket | None, float]] = {}
+        self._identities: _HitCache[Identity] = _HitCache(_IDENTITY_TTL)
+        self._buckets: _HitCache[Bucket] = _HitCache(_BUCKET_TTL)
         self._gc_task: asyncio.Task | None = None
         self.small_cache_bytes = small_cache_bytes
         self._small_objects: OrderedDict[str, bytes] = OrderedDict()
@@ -105,17 +133,7 @@ class Namespace:
 
     # identities --------------------------------------------------------------------------------------
     async def identity(self, access_key: str) -> Identity | None:
-        now = time.monotonic()
-        cached = self._identities.get(access_key)
-        if cached is not None and now - cached[1] < _IDENTITY_TTL:
-            return cached[0]
-        found = await self.meta.get_identity(access_key)
-        if found is None:
-            return None  # not cached: a key created a moment ago on another worker must work at once
-        if len(self._identities) > 10000:
-            self._identities.clear()
-        self._identities[access_key] = (found, now)
-        return found
+        return await self._identities.get(access_key, self.meta.get_identity)
 
     async def create_identity(self, display_name: str, *, access_key: str | None = None,
                               secret_key: str | None = None, is_root: bool = False) -> Identity:
@@ -132,19 +150,7 @@ class Namespace:
 
     # buckets -----------------------------------------------------------------------------------------
     async def _bucket(self, name: str) -> Bucket | None:
-        now = time.monotonic()
-        cached = self._buckets.get(name)
-        if cached is not None and now - cached[1] < _BUCKET_TTL:
-            return cached[0]
-        found = await self.meta.get_bucket(name)
-        if found is None:
-            # Misses are not cached: a bucket just created by another worker process must be usable at once
-            # (clients commonly HEAD a bucket, create it, then write to it, over different connections).
-            return None
-        if len(self._buckets) > 10000:
-            self._buckets.clear()
-        self._buckets[name] = (found, now)
-        return found
+        return await self._buckets.get(name, self.meta.get_bucket)
 
     async def bucket_for(self, identity: Identity | None, name: str) -> Bucket:
         """The bucket if it exists and ``identity`` may use it; NoSuchBucket or AccessDenied otherwise."""
@@ -162,7 +168,7 @@ class Namespace:
                                          f"{region} is not available.", code="InvalidLocationConstraint")
         bucket = Bucket(name=name, owner_id=identity.owner_id, created=time.time(), region=self.region)
         await self.meta.create_bucket(bucket)
-        self._buckets.pop(name, None)
+        self._buckets.forget(name)
         return bucket
 
     async def list_buckets(self, identity: Identity) -> list[Bucket]:
@@ -171,7 +177,7 @@ class Namespace:
     async def delete_bucket(self, identity: Identity, name: str) -> None:
         await self.bucket_for(identity, name)
         await self.meta.delete_bucket(name)
-        self._buckets.pop(name, None)
+        self._buckets.forget(name)
 
     # reading -----------------------------------------------------------------------------------------
     async def head_object(self, identity: Identity | None, bucket: str, key: str) -> ObjectVersion:

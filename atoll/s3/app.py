@@ -94,7 +94,7 @@ class S3App:
             path = unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
         except UnicodeDecodeError:
             raise S3Error("InvalidURI", "Couldn't parse the specified URI.") from None
-        bucket = self._virtual_host_bucket(request.headers.get("host", ""))
+        host_bucket = bucket = self._virtual_host_bucket(request.headers.get("host", ""))
         if bucket is not None:
             key = path[1:] or None
         else:
@@ -103,7 +103,7 @@ class S3App:
             key = rest if slash and rest else None
         request.state["bucket"] = bucket
         request.state["key"] = key
-        return S3Context(http=request, ns=self.ns, bucket=bucket, key=key, query=query)
+        return S3Context(http=request, ns=self.ns, bucket=bucket, key=key, query=query, host_bucket=host_bucket)
 
     def _virtual_host_bucket(self, host: str) -> str | None:
         if not self.domains:
@@ -125,8 +125,7 @@ class S3App:
 
         try:
             auth = verify_request(request.method, request.raw_path, request.raw_query, request.headers, secret_for,
-                                  time.time(), self.max_skew,
-                                  self._virtual_host_bucket(request.headers.get("host", "")))  # SigV2 signs it
+                                  time.time(), self.max_skew, ctx.host_bucket)
         except AuthError as exc:
             raise S3Error(exc.code, exc.message) from None
         if auth is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from atoll.auth.sigv4 import AuthContext
@@ -10,6 +10,7 @@ from atoll.core.models import Identity
 from atoll.core.namespace import Namespace
 from atoll.http.server import Request
 from atoll.s3.errors import S3Error
+from atoll.s3.numbers import is_integer
 
 
 @dataclass(slots=True)
@@ -22,7 +23,7 @@ class S3Context:
     identity: Identity | None = None
     auth: AuthContext | None = None
     operation: str = "Unknown"
-    extra_headers: list[tuple[str, str]] = field(default_factory=list)
+    host_bucket: str | None = None  # the bucket named by a virtual-hosted Host header (SigV2 signs it)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -41,8 +42,7 @@ class S3Context:
         raw = self.query.get(name)
         if raw is None or raw == "":
             return default
-        # Not int() alone: it also takes " 1", "1_0", "+1" and non-ASCII digits such as "١"; S3 takes none.
-        if not _is_integer(raw):
+        if not is_integer(raw):
             raise S3Error("InvalidArgument", f"Provided {name} not an integer or within integer range",
                           ArgumentName=name, ArgumentValue=raw[:64])
         value = int(raw)
@@ -50,11 +50,6 @@ class S3Context:
             raise S3Error("InvalidArgument", f"Argument {name} must be an integer between {low} and "
                           f"{high if high is not None else 2**31 - 1}", ArgumentName=name, ArgumentValue=raw[:64])
         return value
-
-
-def _is_integer(text: str) -> bool:
-    digits = text[1:] if text[:1] == "-" else text
-    return digits.isascii() and digits.isdigit()
 
 
 _parsed_queries: dict[str, dict[str, str]] = {}

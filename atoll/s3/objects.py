@@ -17,6 +17,7 @@ from atoll.http.server import FileExtent, Response
 from atoll.s3 import xml
 from atoll.s3.context import S3Context
 from atoll.s3.errors import S3Error, error_response
+from atoll.s3.numbers import is_ascii_digits
 from atoll.s3.payload import body_source
 from atoll.stores.meta.base import WriteCondition
 
@@ -81,10 +82,6 @@ def read_conditions(headers: dict[str, str], prefix: str = "") -> ReadConditions
     )
 
 
-def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """[start, end) for a single satisfiable byte range; None to serve the whole object (no header, a
     malformed one, or several ranges, as S3 does); raises InvalidRange when unsatisfiable."""
@@ -95,8 +92,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     first, sep, last = spec[6:].strip().partition("-")
     first, last = first.strip(), last.strip()
-    # isascii(): str.isdigit() is also true of "²", which int() refuses.
-    if not sep or (first and not _digits(first)) or (last and not _digits(last)) or (not first and not last):
+    if not sep or (first and not is_ascii_digits(first)) or (last and not is_ascii_digits(last)) \
+            or (not first and not last):
         return None
     if first:
         start = int(first)
@@ -158,8 +155,6 @@ def _apply_overrides(ctx: S3Context, headers: list[tuple[str, str]]) -> list[tup
     if not ctx.query or _OVERRIDE_PARAMS.isdisjoint(ctx.query):
         return headers
     overrides = [(header, ctx.query[param]) for param, header in _OVERRIDES if param in ctx.query]
-    if not overrides:
-        return headers
     if ctx.identity is None:
         raise S3Error("InvalidRequest", "Request specific response headers cannot be used for anonymous GET "
                                         "requests.")

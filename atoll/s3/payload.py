@@ -17,6 +17,7 @@ from atoll.core import checksums as cks
 from atoll.core.namespace import Verifier
 from atoll.s3.context import S3Context
 from atoll.s3.errors import S3Error
+from atoll.s3.numbers import is_ascii_digits
 
 _STREAMING = ("streaming-signed", "streaming-signed-trailer", "streaming-unsigned-trailer")
 _ALG_NAMES = {"CRC32": "crc32", "CRC32C": "crc32c", "CRC64NVME": "crc64nvme", "SHA1": "sha1", "SHA256": "sha256"}
@@ -84,7 +85,7 @@ def body_source(ctx: S3Context) -> tuple[AsyncIterator[bytes], set[str], Verifie
     if mode in _STREAMING:
         # The payload mode alone says the body is aws-chunked: some SDKs omit Content-Encoding: aws-chunked.
         raw = headers.get("x-amz-decoded-content-length")
-        if raw is None or not (raw.isascii() and raw.isdigit()):  # isdigit() alone takes "²", which int() refuses
+        if raw is None or not is_ascii_digits(raw):
             raise S3Error("MissingContentLength", "You must provide the x-amz-decoded-content-length header.",
                           status=411)
         decoded_length = int(raw)

@@ -17,6 +17,7 @@ from defusedxml.common import DefusedXmlException
 from atoll import errors
 from atoll.core.listing import ListPage
 from atoll.core.models import Bucket, Part, Upload
+from atoll.s3.numbers import is_ascii_digits
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -257,8 +258,7 @@ def parse_complete(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
         number_text = _child_text(part, "PartNumber")
         etag = _child_text(part, "ETag")
         number_text = number_text.strip() if number_text is not None else None
-        # isascii(): str.isdigit() is also true of "²", which int() refuses.
-        if number_text is None or etag is None or not (number_text.isascii() and number_text.isdigit()):
+        if number_text is None or etag is None or not is_ascii_digits(number_text):
             raise errors.InvalidRequest("Each Part must have a PartNumber and an ETag.", code="MalformedXML")
         sums = {}
         for child in part:
