@@ -43,7 +43,9 @@ def parse(text: str) -> list[Call]:
     pending: dict[str, str] = {}
     calls: list[Call] = []
     for line in text.splitlines():
+        # strace pads the thread id to a fixed width ("4348  write(..."), so split on any run of spaces.
         tid, _, rest = line.partition(" ")
+        rest = rest.lstrip(" ")
         if rest.endswith("<unfinished ...>"):
             pending[tid] = rest[: -len("<unfinished ...>")]
             continue
