@@ -17,6 +17,13 @@ Example ``atoll.toml``::
     keep_alive = 60
     request_head = 30
     stall = 60
+    [tiering]
+    warm_capacity = 2000000000000     # bytes; 0 = 90% of the data directory's filesystem
+    high_watermark = 0.90
+    low_watermark = 0.80
+    [cold]                             # defaults for every cold-store link (obstore settings; keep this file 0600)
+    azure_storage_account_name = "myaccount"
+    aws_endpoint = "https://s3.example.net"
 """
 
 from __future__ import annotations
@@ -52,6 +59,21 @@ class Config:
     stall_timeout: float = 60.0
     max_clock_skew: float = 900.0
     min_part_size: int = 5 << 20
+    # tiering
+    admin_address: str = "127.0.0.1:9001"  # admin API and /metrics; "off" for none
+    warm_capacity: int = 0  # bytes the warm tier may hold; 0 = 90% of the data directory's filesystem
+    high_watermark: float = 0.90  # eviction starts above this fraction of warm_capacity...
+    low_watermark: float = 0.80  # ...and stops below this one
+    fill_block_size: int = 8 << 20
+    fill_parallelism: int = 8  # ranged cold reads in flight per filling object
+    drain_concurrency: int = 8
+    drain_bandwidth: int = 0  # bytes/s over all drains; 0 = no cap
+    stage_concurrency: int = 16
+    cold_connect_timeout: float = 5.0
+    cold_first_byte_timeout: float = 10.0
+    cold_stall_timeout: float = 30.0
+    negative_ttl: float = 5.0  # cold 404 answers are remembered this long
+    cold_options: Mapping[str, str] = field(default_factory=dict)  # [cold] table: default obstore settings
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -61,6 +83,10 @@ class Config:
     @property
     def s3_port(self) -> int:
         return int(self.s3_address.rsplit(":", 1)[1])
+
+    @property
+    def cold_secrets_path(self) -> str:
+        return os.path.join(self.data_dir, "cold-secrets.json")
 
     @property
     def metadata_path(self) -> str:
@@ -91,6 +117,19 @@ _SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "stall_timeout": (float, ("timeouts", "stall"), "ATOLL_STALL_TIMEOUT"),
     "max_clock_skew": (float, ("max_clock_skew",), "ATOLL_MAX_CLOCK_SKEW"),
     "min_part_size": (int, ("min_part_size",), "ATOLL_MIN_PART_SIZE"),
+    "admin_address": (str, ("admin_address",), "ATOLL_ADMIN_ADDRESS"),
+    "warm_capacity": (int, ("tiering", "warm_capacity"), "ATOLL_WARM_CAPACITY"),
+    "high_watermark": (float, ("tiering", "high_watermark"), "ATOLL_HIGH_WATERMARK"),
+    "low_watermark": (float, ("tiering", "low_watermark"), "ATOLL_LOW_WATERMARK"),
+    "fill_block_size": (int, ("tiering", "fill_block_size"), "ATOLL_FILL_BLOCK_SIZE"),
+    "fill_parallelism": (int, ("tiering", "fill_parallelism"), "ATOLL_FILL_PARALLELISM"),
+    "drain_concurrency": (int, ("tiering", "drain_concurrency"), "ATOLL_DRAIN_CONCURRENCY"),
+    "drain_bandwidth": (int, ("tiering", "drain_bandwidth"), "ATOLL_DRAIN_BANDWIDTH"),
+    "stage_concurrency": (int, ("tiering", "stage_concurrency"), "ATOLL_STAGE_CONCURRENCY"),
+    "cold_connect_timeout": (float, ("tiering", "cold_connect_timeout"), "ATOLL_COLD_CONNECT_TIMEOUT"),
+    "cold_first_byte_timeout": (float, ("tiering", "cold_first_byte_timeout"), "ATOLL_COLD_FIRST_BYTE_TIMEOUT"),
+    "cold_stall_timeout": (float, ("tiering", "cold_stall_timeout"), "ATOLL_COLD_STALL_TIMEOUT"),
+    "negative_ttl": (float, ("tiering", "negative_ttl"), "ATOLL_NEGATIVE_TTL"),
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -165,6 +204,11 @@ def load(config_file: str | None = None, flags: Mapping[str, Any] | None = None,
             problems.append(f"config file {path}: not valid TOML ({exc})")
         except OSError as exc:
             problems.append(f"config file {path}: cannot be read ({exc.strerror})")
+        cold_table = file_table.pop("cold", {}) if isinstance(file_table, dict) else {}
+        if not isinstance(cold_table, Mapping) or not all(isinstance(v, str) for v in cold_table.values()):
+            problems.append(f"config file {path}: [cold] must be a table of strings (obstore settings)")
+        else:
+            values["cold_options"] = {str(k).lower(): v for k, v in cold_table.items()}
         problems.extend(f"config file {path}: {problem}" for problem in _unknown_file_keys(file_table))
     for name, (kind, file_path, env_var) in _SETTINGS.items():
         raw = _dig(file_table, file_path)
@@ -204,10 +248,27 @@ def validate(config: Config) -> list[str]:
                         f"PostgreSQL is not available yet, got {config.metadata!r}")
     if not 1 <= config.min_part_size <= 5 << 30:
         problems.append(f"min_part_size: expected 1 byte to 5 GiB, got {config.min_part_size}")
+    if config.admin_address != "off":
+        _check_address("admin_address", config.admin_address, problems)
+    if config.warm_capacity < 0:
+        problems.append(f"warm_capacity: expected bytes >= 0, got {config.warm_capacity}")
+    if not 0 < config.low_watermark < config.high_watermark <= 1:
+        problems.append(f"low_watermark/high_watermark: expected 0 < low < high <= 1, got "
+                        f"{config.low_watermark}/{config.high_watermark}")
+    if not (64 << 10) <= config.fill_block_size <= (1 << 30):
+        problems.append(f"fill_block_size: expected 64 KiB to 1 GiB, got {config.fill_block_size}")
+    for name in ("fill_parallelism", "drain_concurrency", "stage_concurrency"):
+        if not 1 <= getattr(config, name) <= 1024:
+            problems.append(f"{name}: expected 1 to 1024, got {getattr(config, name)}")
+    if config.drain_bandwidth < 0:
+        problems.append(f"drain_bandwidth: expected bytes/s >= 0, got {config.drain_bandwidth}")
+    for name in ("cold_connect_timeout", "cold_first_byte_timeout", "cold_stall_timeout", "negative_ttl"):
+        if getattr(config, name) <= 0:
+            problems.append(f"{name}: expected a positive number of seconds, got {getattr(config, name)}")
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
         problems.append(f"data_dir: {config.data_dir} exists and is not a directory")
     return problems
 
 
 def setting_names() -> list[str]:
-    return [f.name for f in fields(Config) if f.name != "extra"]
+    return [f.name for f in fields(Config) if f.name not in ("extra", "cold_options")]

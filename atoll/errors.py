@@ -14,7 +14,7 @@ statuses in one place each (``atoll/s3/errors.py``). The tree::
     │   ├── EntityTooSmall, EntityTooLarge, InvalidPart, InvalidPartOrder
     │   └── BadDigest, InvalidDigest, IncompleteBody
     ├── AccessDenied        the identity may not do this
-    └── Unavailable         Atoll cannot do it now (disk full, overloaded); retry later
+    └── Unavailable         Atoll cannot do it now (disk full, overloaded, cold store unreachable); retry later
 """
 
 from __future__ import annotations
@@ -135,3 +135,15 @@ class Unavailable(AtollError):
 
 class InsufficientStorage(Unavailable):
     """The warm tier has no space for this write now."""
+
+
+class ColdStoreUnavailable(Unavailable):
+    """The cold store behind this bucket cannot be reached now; retry later."""
+
+
+class ColdObjectChanged(Conflict):
+    """The object changed in the cold store while it was being read."""
+
+
+class ReadOnlyBucket(AccessDenied):
+    """This bucket is a read-only cache of its cold store."""

@@ -49,15 +49,14 @@ def _config(config_file: Optional[str], **flags: Any) -> Config:
 
 def _with_store(config: Config, fn):
     """Run ``fn(namespace)`` against the metadata store of ``config``'s data directory."""
-    from atoll.core.namespace import Namespace
-    from atoll.server.lifecycle import StartupError, open_stores
+    from atoll.server.lifecycle import StartupError, build_namespace, open_stores
 
     try:
         meta, data = open_stores(config)
     except StartupError as exc:
         _fail(str(exc))
     try:
-        return asyncio.run(fn(Namespace(meta, data, region=config.region)))
+        return asyncio.run(fn(build_namespace(config, meta, data)))
     finally:
         meta.close_sync()
 
@@ -251,6 +250,86 @@ def bucket_delete(name: str, config_file: Optional[str] = ConfigOpt, data_dir: O
     if problem:
         _fail(problem)
     console.print(f"deleted bucket {name}")
+
+
+@bucket_app.command("link")
+def bucket_link(
+    name: str,
+    cold_url: str = typer.Argument(..., help="az://container[/prefix], s3://bucket[/prefix], gs://bucket[/prefix], "
+                                             "file:///path or https://... (read-only)"),
+    mode: str = typer.Option(..., "--mode", help="cache (read-only mirror), writeback or writethrough"),
+    revalidate: str = typer.Option("never", "--revalidate", help="never | always | ttl=SECONDS"),
+    option: list[str] = typer.Option([], "--option", "-o", help="KEY=VALUE obstore setting for this link "
+                                     "(repeatable); secret ones are kept in the data directory's 0600 secret file"),
+    check: bool = typer.Option(True, "--check/--no-check", help="List the cold store once to verify the link"),
+    config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Link a bucket to a cold store."""
+    from atoll import errors
+    from atoll.core.tiering import admin
+
+    config = _config(config_file, data_dir=data_dir)
+
+    async def run(ns):
+        try:
+            link = await admin.link_bucket(ns.tier, name, cold_url, mode, revalidate=revalidate,
+                                           options=admin.parse_options(option), check=check)
+        except errors.AtollError as exc:
+            return None, exc.message
+        return link, None
+
+    link, problem = _with_store(config, run)
+    if problem:
+        _fail(problem)
+    console.print(f"linked bucket {name} to {link.url} ({link.mode}, revalidate {link.revalidate})",
+                  highlight=False)
+
+
+@bucket_app.command("unlink")
+def bucket_unlink(name: str, config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt) -> None:
+    """Remove a bucket's cold-store link (refused while writes wait to drain)."""
+    from atoll import errors
+    from atoll.core.tiering import admin
+
+    config = _config(config_file, data_dir=data_dir)
+
+    async def run(ns):
+        try:
+            return await admin.unlink_bucket(ns.tier, name), None
+        except errors.AtollError as exc:
+            return False, exc.message
+
+    removed, problem = _with_store(config, run)
+    if problem:
+        _fail(problem)
+    if not removed:
+        _fail(f"bucket {name} is not linked")
+    console.print(f"unlinked bucket {name}")
+
+
+@bucket_app.command("group")
+def bucket_group(
+    name: str, prefix: str,
+    marker: list[str] = typer.Option([], "--marker", help="File name written last by the trainer (repeatable; "
+                                     "default .metadata, _SUCCESS, _COMMITTED)"),
+    config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Declare a checkpoint group: under PREFIX, a marker file reaches the cold store after the rest of its directory."""
+    from atoll import errors
+    from atoll.core.tiering import admin
+
+    config = _config(config_file, data_dir=data_dir)
+
+    async def run(ns):
+        try:
+            return await admin.add_group(ns.tier, name, prefix, marker), None
+        except errors.AtollError as exc:
+            return None, exc.message
+
+    group, problem = _with_store(config, run)
+    if problem:
+        _fail(problem)
+    console.print(f"checkpoint group {name}/{prefix}: markers {', '.join(group.markers)}", highlight=False)
 
 
 def main() -> None:

@@ -76,10 +76,88 @@ class ObjectVersion:
     extents: list[Extent] = field(default_factory=list)
     part_count: int = 0
     owner_id: str = ""
+    # Tiering state (buckets linked to a cold store; local buckets keep the defaults).
+    residency: str = "resident"  # RESIDENT, PARTIAL (a sparse blob and a block map) or ABSENT (cold only)
+    cold_etag: str = ""  # the cold object these bytes came from or were drained to ("" if none yet)
+    cold_mtime: float = 0.0
+    warm_seq: int = 0  # insertion order for eviction (SIEVE); 0 = never evictable (local bucket)
+    pinned_until: float = 0.0
 
     @property
     def content_type(self) -> str:
         return self.headers.get("content-type", "binary/octet-stream")
+
+
+RESIDENT = "resident"
+PARTIAL = "partial"
+ABSENT = "absent"
+RESIDENCY_CODES = {ABSENT: 0, PARTIAL: 1, RESIDENT: 2}
+RESIDENCY_NAMES = {v: k for k, v in RESIDENCY_CODES.items()}
+
+
+@dataclass(slots=True)
+class Link:
+    """A bucket's link to a cold store. ``url`` carries no credentials; ``options`` are the non-secret obstore
+    settings given per link (secret ones live in the server's secret file, see atoll.stores.cold.links)."""
+
+    bucket: str
+    url: str
+    mode: str  # cache | writeback | writethrough
+    revalidate: str = "never"  # never | always | ttl=SECONDS
+    options: dict[str, str] = field(default_factory=dict)
+    created: float = 0.0
+
+    @property
+    def writable(self) -> bool:
+        return self.mode != "cache"
+
+    @property
+    def revalidate_seconds(self) -> float | None:
+        """None: never; 0: on every open; else the TTL."""
+        if self.revalidate == "never":
+            return None
+        if self.revalidate == "always":
+            return 0.0
+        return float(self.revalidate.partition("=")[2])
+
+
+@dataclass(slots=True)
+class CheckpointGroup:
+    """Keys under ``prefix`` whose basename is one of ``markers`` reach the cold store only after every other
+    pending key in the same directory has."""
+
+    bucket: str
+    prefix: str
+    markers: list[str]
+
+
+@dataclass(slots=True)
+class DrainEntry:
+    """A write (or delete) that must still reach the cold store. One per key: a newer write replaces the entry,
+    so only the newest bytes cross the WAN; ``since`` stays the time of the oldest write not yet drained."""
+
+    bucket: str
+    key: str
+    op: str  # put | delete
+    version_id: str
+    size: int
+    since: float
+    attempts: int = 0
+    last_error: str = ""
+
+
+@dataclass(slots=True)
+class Job:
+    job_id: str
+    kind: str  # stage | sync-index
+    bucket: str
+    spec: dict
+    state: str = "queued"  # queued | running | done | failed | cancelled
+    priority: int = 1  # 0 high, 1 normal, 2 low
+    created: float = 0.0
+    updated: float = 0.0
+    progress: dict = field(default_factory=dict)
+    error: str = ""
 
 
 @dataclass(slots=True)

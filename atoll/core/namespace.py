@@ -12,6 +12,7 @@ a crash after it leaves the new version in place. Nothing is acknowledged before
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -20,16 +21,20 @@ import string
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Generic, Sequence, TypeVar
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Generic, Sequence, TypeVar
 
 from atoll import errors
 from atoll.core import checksums as cks
 from atoll.core import ingest
 from atoll.core.conditions import ReadConditions, check as check_conditions
 from atoll.core.listing import ListPage, list_page
-from atoll.core.models import Bucket, Extent, Identity, ObjectVersion, Part, Upload
+from atoll.core.models import RESIDENT, Bucket, Extent, Identity, Link, ObjectVersion, Part, Upload
 from atoll.stores.data.base import DataStore
+from atoll.stores.cold.store import Traffic, cold_path
 from atoll.stores.meta.base import MetaStore, WriteCondition
+
+if TYPE_CHECKING:
+    from atoll.core.tiering.tier import Tiering
 
 log = logging.getLogger("atoll.namespace")
 
@@ -119,9 +124,11 @@ class _HitCache(Generic[T]):
 
 class Namespace:
     def __init__(self, meta: MetaStore, data: DataStore, *, region: str = "us-east-1",
-                 min_part_size: int = MIN_PART_SIZE, small_cache_bytes: int = 64 << 20) -> None:
+                 min_part_size: int = MIN_PART_SIZE, small_cache_bytes: int = 64 << 20,
+                 tier: "Tiering | None" = None) -> None:
         self.meta = meta
         self.data = data
+        self.tier = tier
         self.region = region
         self.min_part_size = min_part_size
         self._identities: _HitCache[Identity] = _HitCache(_IDENTITY_TTL)
@@ -181,8 +188,12 @@ class Namespace:
 
     # reading -----------------------------------------------------------------------------------------
     async def head_object(self, identity: Identity | None, bucket: str, key: str) -> ObjectVersion:
-        await self.bucket_for(identity, bucket)
+        found = await self.bucket_for(identity, bucket)
         version = await self.meta.get_object(bucket, key)
+        if self.tier is not None:
+            link = await self.tier.link(bucket)
+            if link is not None:
+                version = await self.tier.resolve(link, found.owner_id, key, version)
         if version is None:
             raise errors.NoSuchKey(bucket=bucket, key=key)
         return version
@@ -241,23 +252,39 @@ class Namespace:
     async def open_object(self, identity: Identity | None, bucket: str, key: str,
                           byte_range: Callable[[ObjectVersion], tuple[int, int]],
                           conditions: ReadConditions | None = None
-                          ) -> tuple[ObjectVersion, int, int, bytes | list[tuple[int, int, int]]]:
+                          ) -> tuple[ObjectVersion, int, int, bytes | list[tuple[int, int, int]] | AsyncIterator[bytes]]:
         """Look up, check conditions, and open the bytes of a key in one step. ``byte_range(version)`` returns
-        [start, end) (it may raise InvalidRange). The bytes come back either as ``bytes`` (small objects, from
-        memory) or as open (fd, offset, length) extents for sendfile. Retries once if an overwrite won the race
-        for the blob."""
-        for attempt in (0, 1):
+        [start, end) (it may raise InvalidRange). The bytes come back as ``bytes`` (small objects, from memory),
+        as open (fd, offset, length) extents for sendfile, or, for an object of a linked bucket that is not yet
+        warm, as an iterator that fills it on the way. Retries if an overwrite won the race for the blob."""
+        for attempt in (0, 1, 2):
             version = await self.head_object(identity, bucket, key)
             if conditions is not None and not conditions.empty:
                 check_conditions(conditions, version.etag, version.last_modified)
             start, end = byte_range(version)
+            if self.tier is not None:
+                if version.residency != RESIDENT:
+                    link = await self.tier.link(bucket)
+                    if link is not None:
+                        try:
+                            stream = await self.tier.read(link, version, start, end)
+                        except errors.ColdObjectChanged:
+                            if attempt == 2:
+                                raise errors.ColdStoreUnavailable("The object keeps changing in the cold store; "
+                                                                  "retry later.") from None
+                            continue
+                        if stream is None:
+                            continue  # it became resident meanwhile
+                        return version, start, end, stream
+                elif version.warm_seq > 0:
+                    self.tier.touch(version)
             try:
                 small = self._small_content(version)
                 if small is not None:
                     return version, start, end, small if (start, end) == (0, version.size) else small[start:end]
                 return version, start, end, self.open_range(version, start, end)
             except FileNotFoundError:
-                if attempt:
+                if attempt == 2:
                     log.error("blob of %s/%s missing", bucket, key[:200])
                     raise errors.Unavailable("Object data is temporarily unavailable.") from None
         raise AssertionError("unreachable")
@@ -287,12 +314,70 @@ class Namespace:
             raise
         return staged, stored
 
-    async def _commit_version(self, version: ObjectVersion, condition: WriteCondition | None) -> ObjectVersion:
+    async def _commit_version(self, version: ObjectVersion, condition: WriteCondition | None,
+                              link: Link | None = None) -> ObjectVersion:
         try:
-            await self.meta.put_object(version, condition)
+            await self._prepare_linked(link, version)
+            await self.meta.put_object(version, condition, journal=_journaled(link))
         except BaseException:
             await self._discard_blobs([e.blob_id for e in version.extents])
             raise
+        self._after_linked_write(link, version.key)
+        return version
+
+    # tiering hooks -----------------------------------------------------------------------------------
+    async def _write_link(self, bucket: str, key: str | None) -> Link | None:
+        """The link of a bucket being written (None for a local bucket); refuses writes to a read-only cache
+        and keys the cold store cannot hold."""
+        if self.tier is None:
+            return None
+        link = await self.tier.link(bucket)
+        if link is None:
+            return None
+        if not link.writable:
+            raise errors.ReadOnlyBucket(f"Bucket {bucket} is a read-only cache of its cold store ({link.mode} "
+                                        "mode); write to the cold store itself.", bucket=bucket)
+        if key is not None:
+            cold_path(key)
+        return link
+
+    async def _prepare_linked(self, link: Link | None, version: ObjectVersion) -> None:
+        """Before the metadata commit: make the version evictable once clean, and on a write-through bucket
+        send it to the cold store first (the client's acknowledgement then means both copies exist)."""
+        if link is None:
+            return
+        from atoll.core.tiering.tier import join_attributes, warm_seq_now
+        from atoll.core.tiering.upload import upload_version
+
+        version.warm_seq = warm_seq_now()
+        if link.mode == "writethrough":
+            cold = await upload_version(self.tier.store(link), self.data, version, Traffic.DEMAND,
+                                        attributes=join_attributes(version))
+            version.cold_etag, version.cold_mtime = cold.etag, cold.mtime
+
+    def _after_linked_write(self, link: Link | None, key: str) -> None:
+        if link is not None:
+            self.tier.after_write(link, key)
+
+    async def _resident(self, identity: Identity | None, bucket: str, key: str) -> ObjectVersion:
+        """The current version of a key with all its bytes warm (copy sources read blobs directly)."""
+        for _ in range(3):
+            version = await self.head_object(identity, bucket, key)
+            if self.tier is None or version.residency == RESIDENT:
+                return version
+            link = await self.tier.link(bucket)
+            if link is None:
+                break
+            try:
+                stream = await self.tier.read(link, version, 0, version.size)
+            except errors.ColdObjectChanged:
+                continue
+            if stream is not None:
+                async for _ in stream:
+                    pass
+        version = await self.head_object(identity, bucket, key)
+        if version.residency != RESIDENT:
+            raise errors.InsufficientStorage("The source object cannot be made warm now; retry later.")
         return version
 
     async def _discard_blobs(self, blob_ids: Sequence[str]) -> None:
@@ -304,6 +389,7 @@ class Namespace:
                          verify: Verifier, condition: WriteCondition | None = None) -> ObjectVersion:
         validate_key(key)
         await self.bucket_for(identity, bucket)
+        link = await self._write_link(bucket, key)
         await self._check_write_condition(bucket, key, condition)
         staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)
         version = ObjectVersion(
@@ -312,12 +398,16 @@ class Namespace:
             checksums=stored, checksum_type="FULL_OBJECT" if stored else "",
             extents=[Extent(staged.blob_id, 0, staged.size)], owner_id=identity.owner_id,
         )
-        return await self._commit_version(version, condition)
+        return await self._commit_version(version, condition, link)
 
     async def delete_object(self, identity: Identity, bucket: str, key: str) -> None:
         validate_key(key)
         await self.bucket_for(identity, bucket)
-        await self.meta.delete_object(bucket, key)
+        link = await self._write_link(bucket, key)
+        if link is not None and link.mode == "writethrough":
+            await self.tier.store(link).delete(key, Traffic.DEMAND)
+        await self.meta.delete_object(bucket, key, journal=_journaled(link))
+        self._after_linked_write(link, key)
 
     async def delete_objects(self, identity: Identity, bucket: str, keys: Sequence[str]) -> list[str | None]:
         """Delete many keys at once; per key None on success or an error message (invalid key)."""
@@ -332,7 +422,21 @@ class Namespace:
             except errors.AtollError as exc:
                 outcome.append(type(exc).__name__)
         if valid:
-            await self.meta.delete_objects(bucket, valid)
+            link = await self._write_link(bucket, None)
+            if link is not None:
+                for at, key in enumerate(keys):
+                    try:
+                        cold_path(key)
+                    except errors.InvalidArgument:
+                        if key in valid:
+                            valid.remove(key)
+                            outcome[at] = "InvalidArgument"
+                if link.mode == "writethrough":
+                    for key in valid:
+                        await self.tier.store(link).delete(key, Traffic.DEMAND)
+            await self.meta.delete_objects(bucket, valid, journal=_journaled(link))
+            for key in valid:
+                self._after_linked_write(link, key)
         return outcome
 
     async def copy_object(self, identity: Identity, source: CopySource, bucket: str, key: str, *,
@@ -342,6 +446,9 @@ class Namespace:
         src = await self.head_object(identity, source.bucket, source.key)
         check_conditions(source.conditions, src.etag, src.last_modified) if not source.conditions.empty else None
         await self.bucket_for(identity, bucket)
+        link = await self._write_link(bucket, key)
+        if src.residency != RESIDENT:
+            src = await self._resident(identity, source.bucket, source.key)
         now = time.time()
         if source.bucket == bucket and source.key == key:
             if not replace_metadata:
@@ -349,7 +456,13 @@ class Namespace:
                     "This copy request is illegal because it is trying to copy an object to itself without "
                     "changing the object's metadata, storage class, website redirect location or encryption "
                     "attributes.")
-            return await self.meta.replace_metadata(bucket, key, src.version_id, headers, user_meta, now)
+            if link is not None and link.mode == "writethrough":
+                changed = dataclasses.replace(src, headers=headers, user_meta=user_meta)
+                await self._prepare_linked(link, changed)
+            replaced = await self.meta.replace_metadata(bucket, key, src.version_id, headers, user_meta, now,
+                                                        journal=_journaled(link))
+            self._after_linked_write(link, key)
+            return replaced
         await self._check_write_condition(bucket, key, condition)
         new_extents = []
         try:
@@ -376,7 +489,7 @@ class Namespace:
             checksums=dict(src.checksums), checksum_type=src.checksum_type, extents=new_extents,
             part_count=src.part_count, owner_id=identity.owner_id,
         )
-        return await self._commit_version(version, condition)
+        return await self._commit_version(version, condition, link)
 
     # listing -----------------------------------------------------------------------------------------
     async def list_objects(self, identity: Identity | None, bucket: str, *, prefix: str, delimiter: str,
@@ -391,6 +504,7 @@ class Namespace:
                             checksum_type: str = "") -> Upload:
         validate_key(key)
         await self.bucket_for(identity, bucket)
+        await self._write_link(bucket, key)
         # Hex, not base64: an id starting with '-' is read as an option by command-line clients (aws s3api).
         upload = Upload(upload_id=secrets.token_hex(24), bucket=bucket, key=key, initiated=time.time(),
                         owner_id=identity.owner_id, headers=headers, user_meta=user_meta,
@@ -436,7 +550,7 @@ class Namespace:
                                part_number: int, source: CopySource) -> Part:
         self._check_part_number(part_number)
         upload = await self.upload_for(identity, bucket, key, upload_id)
-        src = await self.head_object(identity, source.bucket, source.key)
+        src = await self._resident(identity, source.bucket, source.key)
         if not source.conditions.empty:
             check_conditions(source.conditions, src.etag, src.last_modified)
         if source.byte_range is None:
@@ -523,7 +637,10 @@ class Namespace:
             extents=[Extent(p.blob_id, 0, p.size) for p in chosen], part_count=len(chosen),
             owner_id=identity.owner_id,
         )
-        await self.meta.complete_upload(upload_id, version, numbers, condition)
+        link = await self._write_link(bucket, key)
+        await self._prepare_linked(link, version)
+        await self.meta.complete_upload(upload_id, version, numbers, condition, journal=_journaled(link))
+        self._after_linked_write(link, key)
         return version
 
     async def abort_upload(self, identity: Identity, bucket: str, key: str, upload_id: str) -> None:
@@ -548,8 +665,10 @@ class Namespace:
             await self.meta.forget_garbage(blob_ids)
         return len(blob_ids)
 
-    def start_background(self) -> None:
+    def start_background(self, primary: bool = True) -> None:
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
+        if self.tier is not None:
+            self.tier.start_background(primary)
 
     async def _gc_loop(self) -> None:
         while True:
@@ -563,12 +682,18 @@ class Namespace:
             await asyncio.sleep(2.0 + secrets.randbelow(1000) / 1000)
 
     async def stop_background(self) -> None:
+        if self.tier is not None:
+            await self.tier.stop_background()
         if self._gc_task is not None:
             self._gc_task.cancel()
             try:
                 await self._gc_task
             except asyncio.CancelledError:
                 pass
+
+
+def _journaled(link: Link | None) -> bool:
+    return link is not None and link.mode == "writeback"
 
 
 def _copy_hashing(opened, writer, hashers) -> None:

@@ -243,6 +243,8 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
         return Response(status, out, head_only=True, content_length=length)
     if isinstance(opened, bytes):
         return Response(status, out, body=opened)
+    if not isinstance(opened, list):  # read-through: streamed while the warm copy fills
+        return Response(status, out, stream=opened, content_length=length)
     return Response(status, out, files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length)
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from atoll.config import Config
 from atoll.core.namespace import Namespace, new_secret_key
+from atoll.core.tiering.tier import Tiering, TierSettings
+from atoll.stores.cold.store import Timeouts as ColdTimeouts
 from atoll.http.server import HttpServer, Timeouts, bind_socket
 from atoll.s3.app import S3App
 from atoll.server.accesslog import AccessLog
@@ -112,13 +114,33 @@ def bootstrap_root(config: Config, meta: SqliteMetaStore) -> RootCredentials:
     return asyncio.run(run())
 
 
+def tier_settings(config: Config) -> TierSettings:
+    return TierSettings(
+        fill_block_size=config.fill_block_size, fill_parallelism=config.fill_parallelism,
+        negative_ttl=config.negative_ttl, warm_capacity=config.warm_capacity,
+        high_watermark=config.high_watermark, low_watermark=config.low_watermark,
+        drain_concurrency=config.drain_concurrency, drain_bandwidth=config.drain_bandwidth,
+        stage_concurrency=config.stage_concurrency,
+        timeouts=ColdTimeouts(connect=config.cold_connect_timeout, first_byte=config.cold_first_byte_timeout,
+                              stall=config.cold_stall_timeout),
+        cold_defaults=dict(config.cold_options), secrets_path=config.cold_secrets_path,
+    )
+
+
+def build_namespace(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> Namespace:
+    tier = Tiering(meta, data, tier_settings(config))
+    ns = Namespace(meta, data, region=config.region, min_part_size=config.min_part_size, tier=tier)
+    tier.namespace = ns
+    return ns
+
+
 def build_app(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> tuple[S3App, Namespace, AccessLog | None]:
-    ns = Namespace(meta, data, region=config.region, min_part_size=config.min_part_size)
+    ns = build_namespace(config, meta, data)
     access_log = None if config.access_log == "off" else AccessLog(config.access_log_path)
     return S3App(ns, domains=config.s3_domains, access_log=access_log, max_skew=config.max_clock_skew), ns, access_log
 
 
-def run_worker(config: Config, sock: socket.socket) -> None:
+def run_worker(config: Config, sock: socket.socket, slot: int = 0) -> None:
     """One serving process: its own event loop, metadata connections and HTTP server."""
     import uvloop
 
@@ -131,7 +153,7 @@ def run_worker(config: Config, sock: socket.socket) -> None:
         server = HttpServer(app, loop, timeouts,
                             on_exception=lambda req: log.exception("request %s failed", req.id))
         await server.listen(sock)
-        ns.start_background()
+        ns.start_background(primary=slot == 0)
         # Everything allocated so far lives as long as the process: keep it out of the cyclic collector's scans,
         # which otherwise walk it on every full collection and show up as multi-millisecond latency spikes.
         gc.freeze()
@@ -157,6 +179,8 @@ def serve(config: Config) -> None:
         removed = data.remove_temp_files()
         if removed:
             log.info("removed %d temp files left by an earlier crash", removed)
+        # No worker runs yet: drain claims of a process that died are void (the uploads are idempotent).
+        asyncio.run(meta.reset_drain_claims())
     finally:
         meta.close_sync()
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -208,7 +232,7 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore) -> None
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 code = 0
                 try:
-                    run_worker(config, sock)
+                    run_worker(config, sock, slot)
                 except BaseException:  # noqa: BLE001
                     log.exception("worker crashed")
                     code = 1

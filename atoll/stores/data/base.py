@@ -36,6 +36,12 @@ class DataStore(Protocol):
     def open_blob(self, blob_id: str) -> int:
         """An fd open for reading. Raises FileNotFoundError if the blob does not exist."""
 
+    def create_sparse(self, size: int, blob_id: str | None = None) -> str:
+        """Commit a blob of ``size`` bytes that read-through fills write in place; returns its id."""
+
+    def open_for_fill(self, blob_id: str) -> int:
+        """An fd open for reading and writing a blob made by ``create_sparse``."""
+
     def copy_into(self, writer: BlobWriter, blob_id: str, offset: int, length: int) -> None:
         """Append ``length`` bytes of blob ``blob_id`` from ``offset`` to ``writer`` (in-kernel where possible)."""
 

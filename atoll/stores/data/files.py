@@ -138,6 +138,21 @@ class FileDataStore:
     def open_blob(self, blob_id: str) -> int:
         return os.open(self.blob_path(blob_id), os.O_RDONLY | os.O_CLOEXEC)
 
+    def create_sparse(self, size: int, blob_id: str | None = None) -> str:
+        """A committed blob of ``size`` zero bytes that takes no space yet: the target of a read-through fill,
+        whose blocks are written in place (``open_for_fill``) and recorded in the metadata once durable."""
+        writer = self.create(blob_id)
+        try:
+            os.ftruncate(writer.fd, size)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.blob_id
+
+    def open_for_fill(self, blob_id: str) -> int:
+        return os.open(self.blob_path(blob_id), os.O_RDWR | os.O_CLOEXEC)
+
     def has_blob(self, blob_id: str) -> bool:
         return os.path.exists(self.blob_path(blob_id))
 

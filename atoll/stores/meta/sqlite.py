@@ -25,10 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from atoll import errors
-from atoll.core.models import Bucket, Extent, Identity, ListEntry, ObjectVersion, Part, Upload
+from atoll.core.models import (RESIDENCY_CODES, RESIDENCY_NAMES, Bucket, CheckpointGroup, DrainEntry, Extent,
+                               Identity, Job, Link, ListEntry, ObjectVersion, Part, Upload)
 from atoll.stores.meta.base import WriteCondition
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS objects (
     bucket TEXT NOT NULL, key TEXT NOT NULL, version_id TEXT NOT NULL, size INTEGER NOT NULL,
     etag TEXT NOT NULL, last_modified REAL NOT NULL, owner_id TEXT NOT NULL, part_count INTEGER NOT NULL,
     checksum_type TEXT NOT NULL, extents TEXT NOT NULL, attrs TEXT NOT NULL,
+    residency INTEGER NOT NULL DEFAULT 2, warm_seq INTEGER NOT NULL DEFAULT 0, visited INTEGER NOT NULL DEFAULT 0,
+    pinned_until REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uploads (
@@ -58,7 +61,43 @@ CREATE TABLE IF NOT EXISTS parts (
 CREATE TABLE IF NOT EXISTS garbage (blob_id TEXT PRIMARY KEY, since REAL NOT NULL) WITHOUT ROWID;
 """
 
-_OBJECT_COLUMNS = "bucket, key, version_id, size, etag, last_modified, owner_id, part_count, checksum_type, extents, attrs"
+# Tiering (schema 2). Applied after _SCHEMA, and after the v1 -> v2 column additions on an old file.
+_SCHEMA_TIERING = """
+CREATE INDEX IF NOT EXISTS objects_by_warm_seq ON objects (warm_seq) WHERE warm_seq > 0;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links (
+    bucket TEXT PRIMARY KEY, url TEXT NOT NULL, mode TEXT NOT NULL, revalidate TEXT NOT NULL,
+    options TEXT NOT NULL, created REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+    bucket TEXT NOT NULL, prefix TEXT NOT NULL, markers TEXT NOT NULL, PRIMARY KEY (bucket, prefix)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS drain (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, op TEXT NOT NULL, version_id TEXT NOT NULL, size INTEGER NOT NULL,
+    since REAL NOT NULL, attempts INTEGER NOT NULL, last_error TEXT NOT NULL, not_before REAL NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS drain_by_time ON drain (not_before, since);
+CREATE TABLE IF NOT EXISTS fills (
+    version_id TEXT PRIMARY KEY, block_size INTEGER NOT NULL, blocks BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, bucket TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
+    priority INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, progress TEXT NOT NULL,
+    error TEXT NOT NULL, owner TEXT NOT NULL, lease_until REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+_V1_TO_V2 = (
+    "ALTER TABLE objects ADD COLUMN residency INTEGER NOT NULL DEFAULT 2",
+    "ALTER TABLE objects ADD COLUMN warm_seq INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE objects ADD COLUMN visited INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE objects ADD COLUMN pinned_until REAL NOT NULL DEFAULT 0",
+)
+
+_OBJECT_COLUMNS = ("bucket, key, version_id, size, etag, last_modified, owner_id, part_count, checksum_type, extents, "
+                   "attrs, residency, warm_seq, pinned_until")
+_OBJECT_PLACEHOLDERS = ",".join("?" * 14)
 _BATCH_MAX = 512
 _VERSION_CACHE_ENTRIES = 65536
 _TOKEN_FILE_SIZE = 4096
@@ -78,19 +117,38 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
 
 def _row_to_version(row: Sequence[Any]) -> ObjectVersion:
     attrs = json.loads(row[10])
+    cold = attrs.get("k")
     return ObjectVersion(
         bucket=row[0], key=row[1], version_id=row[2], size=row[3], etag=row[4], last_modified=row[5],
         owner_id=row[6], part_count=row[7], checksum_type=row[8],
         extents=[Extent(b, o, n) for b, o, n in json.loads(row[9])],
         headers=attrs.get("h", {}), user_meta=attrs.get("m", {}), checksums=attrs.get("c", {}),
+        residency=RESIDENCY_NAMES[row[11]], warm_seq=row[12], pinned_until=row[13],
+        cold_etag=cold[0] if cold else "", cold_mtime=cold[1] if cold else 0.0,
     )
+
+
+def _attrs_json(v: ObjectVersion) -> str:
+    attrs: dict[str, Any] = {"h": v.headers, "m": v.user_meta, "c": v.checksums}
+    if v.cold_etag:
+        attrs["k"] = [v.cold_etag, v.cold_mtime]
+    return json.dumps(attrs, separators=(",", ":"))
 
 
 def _version_params(v: ObjectVersion) -> tuple:
     extents = json.dumps([[e.blob_id, e.offset, e.length] for e in v.extents], separators=(",", ":"))
-    attrs = json.dumps({"h": v.headers, "m": v.user_meta, "c": v.checksums}, separators=(",", ":"))
     return (v.bucket, v.key, v.version_id, v.size, v.etag, v.last_modified, v.owner_id, v.part_count,
-            v.checksum_type, extents, attrs)
+            v.checksum_type, extents, _attrs_json(v), RESIDENCY_CODES[v.residency], v.warm_seq, v.pinned_until)
+
+
+def _row_to_link(row: Sequence[Any]) -> Link:
+    return Link(bucket=row[0], url=row[1], mode=row[2], revalidate=row[3], options=json.loads(row[4]),
+                created=row[5])
+
+
+def _row_to_job(row: Sequence[Any]) -> Job:
+    return Job(job_id=row[0], kind=row[1], bucket=row[2], spec=json.loads(row[3]), state=row[4], priority=row[5],
+               created=row[6], updated=row[7], progress=json.loads(row[8]), error=row[9])
 
 
 def _row_to_upload(row: Sequence[Any]) -> Upload:
@@ -265,6 +323,10 @@ class SqliteMetaStore:
         elif row[0] > SCHEMA_VERSION:
             conn.close()
             raise RuntimeError(f"metadata schema {row[0]} is newer than this Atoll ({SCHEMA_VERSION})")
+        elif row[0] < SCHEMA_VERSION:
+            _upgrade(conn, row[0])
+        conn.executescript(_SCHEMA_TIERING)
+        conn.execute("INSERT INTO counters VALUES ('resident_bytes', 0) ON CONFLICT (name) DO NOTHING")
         conn.close()
         self._reader = _connect(self.path, readonly=True)
         self._token = ChangeToken(self.path + "-token")
@@ -357,6 +419,11 @@ class SqliteMetaStore:
                 raise errors.NoSuchBucket(bucket=name)
             if conn.execute("SELECT 1 FROM objects WHERE bucket = ? LIMIT 1", (name,)).fetchone():
                 raise errors.BucketNotEmpty(bucket=name)
+            if conn.execute("SELECT 1 FROM drain WHERE bucket = ? LIMIT 1", (name,)).fetchone():
+                raise errors.BucketNotEmpty("The bucket still has deletes to propagate to its cold store.",
+                                            bucket=name)
+            conn.execute("DELETE FROM links WHERE bucket = ?", (name,))
+            conn.execute("DELETE FROM groups WHERE bucket = ?", (name,))
             now = time.time()
             for (upload_id,) in conn.execute("SELECT upload_id FROM uploads WHERE bucket = ?", (name,)).fetchall():
                 _drop_upload(conn, upload_id, now)
@@ -392,13 +459,15 @@ class SqliteMetaStore:
         cache[(bucket, key)] = version
         return version
 
-    async def put_object(self, version: ObjectVersion, condition: WriteCondition | None = None) -> ObjectVersion | None:
+    async def put_object(self, version: ObjectVersion, condition: WriteCondition | None = None,
+                         journal: bool = False) -> ObjectVersion | None:
         def op(conn):
             _require_bucket(conn, version.bucket)
-            return _swap_version(conn, version, condition, time.time())
+            return _swap_version(conn, version, condition, time.time(), journal)
         return await self._write(op)
 
-    async def replace_metadata(self, bucket, key, version_id, headers, user_meta, last_modified) -> ObjectVersion:
+    async def replace_metadata(self, bucket, key, version_id, headers, user_meta, last_modified,
+                               journal: bool = False) -> ObjectVersion:
         def op(conn):
             row = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
                                (bucket, key)).fetchone()
@@ -409,21 +478,24 @@ class SqliteMetaStore:
                 raise errors.ConditionalRequestConflict(bucket=bucket, key=key)
             current.headers, current.user_meta, current.last_modified = headers, user_meta, last_modified
             conn.execute("UPDATE objects SET attrs = ?, last_modified = ? WHERE bucket = ? AND key = ?",
-                         (_version_params(current)[10], last_modified, bucket, key))
+                         (_attrs_json(current), last_modified, bucket, key))
+            if journal:
+                _journal(conn, bucket, key, "put", version_id, current.size, time.time())
             return current
         return await self._write(op)
 
-    async def delete_object(self, bucket: str, key: str) -> ObjectVersion | None:
+    async def delete_object(self, bucket: str, key: str, journal: bool = False) -> ObjectVersion | None:
         def op(conn):
             _require_bucket(conn, bucket)
-            return _delete_key(conn, bucket, key, time.time())
+            return _delete_key(conn, bucket, key, time.time(), journal)
         return await self._write(op)
 
-    async def delete_objects(self, bucket: str, keys: Sequence[str]) -> list[ObjectVersion | None]:
+    async def delete_objects(self, bucket: str, keys: Sequence[str],
+                             journal: bool = False) -> list[ObjectVersion | None]:
         def op(conn):
             _require_bucket(conn, bucket)
             now = time.time()
-            return [_delete_key(conn, bucket, k, now) for k in keys]
+            return [_delete_key(conn, bucket, k, now, journal) for k in keys]
         return await self._write(op)
 
     async def list_objects(self, bucket: str, start: str, inclusive: bool, end: str | None,
@@ -506,7 +578,7 @@ class SqliteMetaStore:
         return [_row_to_upload(r) for r in await self._read_in_pool(q)]
 
     async def complete_upload(self, upload_id: str, version: ObjectVersion, used_parts: Sequence[int],
-                              condition: WriteCondition | None = None) -> ObjectVersion | None:
+                              condition: WriteCondition | None = None, journal: bool = False) -> ObjectVersion | None:
         def op(conn):
             if conn.execute("SELECT 1 FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone() is None:
                 raise errors.NoSuchUpload(upload_id=upload_id)
@@ -518,7 +590,7 @@ class SqliteMetaStore:
                 if part is None or part.blob_id != extent.blob_id:
                     raise errors.InvalidPart("a part was replaced or removed while completing", part=number)
             now = time.time()
-            replaced = _swap_version(conn, version, condition, now)
+            replaced = _swap_version(conn, version, condition, now, journal)
             used = set(used_parts)
             _add_garbage(conn, [p.blob_id for n, p in parts.items() if n not in used], now)
             conn.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
@@ -556,13 +628,404 @@ class SqliteMetaStore:
             return found
         return await self._read_in_pool(q)
 
+    # tiering: links and checkpoint groups ----------------------------------------------------------------
+    async def put_link(self, link: Link) -> None:
+        def op(conn):
+            _require_bucket(conn, link.bucket)
+            conn.execute("INSERT INTO links VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (bucket) DO UPDATE SET "
+                         "url = excluded.url, mode = excluded.mode, revalidate = excluded.revalidate, "
+                         "options = excluded.options",
+                         (link.bucket, link.url, link.mode, link.revalidate, json.dumps(link.options), link.created))
+        await self._write(op)
+
+    async def get_link(self, bucket: str) -> Link | None:
+        row = self._reader.execute("SELECT * FROM links WHERE bucket = ?", (bucket,)).fetchone()
+        return _row_to_link(row) if row else None
+
+    async def list_links(self) -> list[Link]:
+        return [_row_to_link(r) for r in self._reader.execute("SELECT * FROM links ORDER BY bucket").fetchall()]
+
+    async def delete_link(self, bucket: str) -> bool:
+        def op(conn):
+            if conn.execute("SELECT 1 FROM drain WHERE bucket = ? LIMIT 1", (bucket,)).fetchone():
+                raise errors.InvalidRequest("The bucket still has writes to drain to its cold store; unlink it "
+                                            "when its backlog is empty.")
+            conn.execute("DELETE FROM groups WHERE bucket = ?", (bucket,))
+            # Objects known only from the cold store cannot be read once the link is gone.
+            conn.execute("DELETE FROM objects WHERE bucket = ? AND residency = 0", (bucket,))
+            conn.execute("UPDATE objects SET warm_seq = 0, pinned_until = 0 WHERE bucket = ? AND warm_seq > 0",
+                         (bucket,))
+            return conn.execute("DELETE FROM links WHERE bucket = ?", (bucket,)).rowcount > 0
+        return await self._write(op)
+
+    async def put_group(self, group: CheckpointGroup) -> None:
+        def op(conn):
+            _require_bucket(conn, group.bucket)
+            conn.execute("INSERT INTO groups VALUES (?, ?, ?) ON CONFLICT (bucket, prefix) DO UPDATE SET "
+                         "markers = excluded.markers", (group.bucket, group.prefix, json.dumps(group.markers)))
+        await self._write(op)
+
+    async def list_groups(self, bucket: str) -> list[CheckpointGroup]:
+        rows = self._reader.execute("SELECT * FROM groups WHERE bucket = ? ORDER BY prefix", (bucket,)).fetchall()
+        return [CheckpointGroup(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    async def delete_group(self, bucket: str, prefix: str) -> bool:
+        def op(conn):
+            return conn.execute("DELETE FROM groups WHERE bucket = ? AND prefix = ?", (bucket, prefix)).rowcount > 0
+        return await self._write(op)
+
+    # tiering: cold objects and fills ---------------------------------------------------------------------
+    async def record_cold_version(self, version: ObjectVersion, expect: str | None) -> ObjectVersion | None:
+        """Make ``version`` (absent, or resident after a whole-object fill) current for its key if the key has
+        no row (``expect`` None) or its row is still the clean version ``expect``; otherwise change nothing.
+        Returns the row in effect afterwards (None if the bucket has none)."""
+        def op(conn):
+            _require_bucket(conn, version.bucket)
+            row = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
+                               (version.bucket, version.key)).fetchone()
+            current = _row_to_version(row) if row else None
+            if (current.version_id if current else None) != expect:
+                return current
+            if current is not None and _is_dirty(conn, version.bucket, version.key):
+                return current
+            _swap_version(conn, version, None, time.time())
+            return version
+        return await self._write(op)
+
+    async def start_fill(self, bucket: str, key: str, version_id: str, blob_id: str, block_size: int,
+                         warm_seq: int) -> ObjectVersion | None:
+        """Turn the absent version ``version_id`` into a partial one backed by ``blob_id`` with an empty block
+        map. If it is already partial or resident, nothing changes. Returns the row in effect afterwards."""
+        def op(conn):
+            row = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
+                               (bucket, key)).fetchone()
+            if row is None:
+                return None
+            current = _row_to_version(row)
+            if current.version_id != version_id or current.residency != "absent":
+                return current
+            current.residency = "partial"
+            current.extents = [Extent(blob_id, 0, current.size)]
+            current.warm_seq = warm_seq
+            blocks = (current.size + block_size - 1) // block_size
+            conn.execute("UPDATE objects SET residency = 1, extents = ?, warm_seq = ? WHERE bucket = ? AND key = ?",
+                         (_version_params(current)[9], warm_seq, bucket, key))
+            conn.execute("INSERT INTO fills VALUES (?, ?, ?) ON CONFLICT (version_id) DO NOTHING",
+                         (version_id, block_size, bytes((blocks + 7) // 8)))
+            _account(conn, current.size)
+            return current
+        return await self._write(op)
+
+    async def get_fill(self, version_id: str) -> tuple[int, bytes] | None:
+        """(block size, bitmap of filled blocks) of a partial version; None once it is resident or gone."""
+        row = self._reader.execute("SELECT block_size, blocks FROM fills WHERE version_id = ?",
+                                   (version_id,)).fetchone()
+        return (row[0], bytes(row[1])) if row else None
+
+    async def mark_filled(self, bucket: str, key: str, version_id: str, blocks: Sequence[int]) -> str | None:
+        """Record blocks of a partial version as durable on the warm tier; when all are, the version becomes
+        resident. Returns the residency afterwards, or None if the version is no longer current."""
+        indexes = list(blocks)
+
+        def op(conn):
+            row = conn.execute("SELECT block_size, blocks FROM fills WHERE version_id = ?", (version_id,)).fetchone()
+            current = conn.execute("SELECT version_id, residency, size FROM objects WHERE bucket = ? AND key = ?",
+                                   (bucket, key)).fetchone()
+            if current is None or current[0] != version_id:
+                return None
+            if row is None:
+                return RESIDENCY_NAMES[current[1]]
+            bitmap = bytearray(row[1])
+            for i in indexes:
+                bitmap[i >> 3] |= 1 << (i & 7)
+            total = (current[2] + row[0] - 1) // row[0]
+            if all(bitmap[i >> 3] & (1 << (i & 7)) for i in range(total)):
+                conn.execute("DELETE FROM fills WHERE version_id = ?", (version_id,))
+                conn.execute("UPDATE objects SET residency = 2 WHERE bucket = ? AND key = ?", (bucket, key))
+                return "resident"
+            conn.execute("UPDATE fills SET blocks = ? WHERE version_id = ?", (bytes(bitmap), version_id))
+            return "partial"
+        return await self._write(op)
+
+    async def set_cold_identity(self, bucket: str, key: str, version_id: str, cold_etag: str,
+                                cold_mtime: float) -> None:
+        """Record which cold object a local version now matches (after a drain or a write-through)."""
+        def op(conn):
+            row = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
+                               (bucket, key)).fetchone()
+            if row is None:
+                return
+            current = _row_to_version(row)
+            if current.version_id != version_id:
+                return
+            current.cold_etag, current.cold_mtime = cold_etag, cold_mtime
+            conn.execute("UPDATE objects SET attrs = ? WHERE bucket = ? AND key = ?",
+                         (_attrs_json(current), bucket, key))
+        await self._write(op)
+
+    # tiering: eviction and pins --------------------------------------------------------------------------
+    async def resident_bytes(self) -> int:
+        row = self._reader.execute("SELECT value FROM counters WHERE name = 'resident_bytes'").fetchone()
+        return int(row[0]) if row else 0
+
+    async def eviction_candidates(self, after_seq: int, limit: int) -> list[tuple]:
+        """(bucket, key, version_id, warm_seq, visited, size, evictable) in warm_seq order after ``after_seq``,
+        among warm versions of linked buckets. ``evictable`` is false for dirty or pinned versions."""
+        now = time.time()
+
+        def q(c):
+            return c.execute(
+                "SELECT o.bucket, o.key, o.version_id, o.warm_seq, o.visited, o.size, "
+                "o.pinned_until <= ? AND NOT EXISTS (SELECT 1 FROM drain d WHERE d.bucket = o.bucket AND d.key = o.key) "
+                "FROM objects o WHERE o.warm_seq > ? AND o.residency > 0 ORDER BY o.warm_seq LIMIT ?",
+                (now, after_seq, limit)).fetchall()
+        return [tuple(r[:6]) + (bool(r[6]),) for r in await self._read_in_pool(q)]
+
+    async def set_visited(self, keys: Sequence[tuple[str, str, str]], visited: bool) -> None:
+        """Set or clear SIEVE's visited bit of (bucket, key, version_id) versions that are still current."""
+        params = [(int(visited), b, k, v) for b, k, v in keys]
+
+        def op(conn):
+            conn.executemany("UPDATE objects SET visited = ? WHERE bucket = ? AND key = ? AND version_id = ? "
+                             "AND warm_seq > 0", params)
+        if params:
+            await self._write(op)
+
+    async def evict(self, bucket: str, key: str, version_id: str) -> int:
+        """Drop the warm bytes of a clean, unpinned version (it becomes absent: known, served from the cold
+        store on the next read). Returns the bytes freed (0 if the version moved on, is dirty or pinned)."""
+        def op(conn):
+            row = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
+                               (bucket, key)).fetchone()
+            if row is None:
+                return 0
+            current = _row_to_version(row)
+            if (current.version_id != version_id or current.residency == "absent" or current.warm_seq <= 0
+                    or current.pinned_until > time.time() or not current.cold_etag
+                    or _is_dirty(conn, bucket, key)):
+                return 0
+            now = time.time()
+            _add_garbage(conn, [e.blob_id for e in current.extents], now)
+            conn.execute("DELETE FROM fills WHERE version_id = ?", (version_id,))
+            conn.execute("UPDATE objects SET residency = 0, extents = '[]', visited = 0 WHERE bucket = ? AND key = ?",
+                         (bucket, key))
+            _account(conn, -current.size)
+            return current.size
+        return await self._write(op)
+
+    async def pin(self, bucket: str, key: str, until: float) -> bool:
+        def op(conn):
+            return conn.execute("UPDATE objects SET pinned_until = ? WHERE bucket = ? AND key = ?",
+                                (until, bucket, key)).rowcount > 0
+        return await self._write(op)
+
+    async def pinned_bytes(self, bucket: str | None = None) -> int:
+        sql = "SELECT coalesce(sum(size), 0) FROM objects WHERE pinned_until > ? AND residency > 0"
+        params: list[Any] = [time.time()]
+        if bucket is not None:
+            sql += " AND bucket = ?"
+            params.append(bucket)
+        return int((await self._read_in_pool(lambda c: c.execute(sql, params).fetchone()))[0])
+
+    # tiering: the write-back journal ---------------------------------------------------------------------
+    async def take_drain(self, limit: int, lease: float) -> list[DrainEntry]:
+        """Claim up to ``limit`` entries that are due, oldest first, for ``lease`` seconds (a crashed drainer's
+        claims expire and are taken again; a drain is idempotent, so a retaken entry is merely re-uploaded)."""
+        def op(conn):
+            now = time.time()
+            rows = conn.execute("SELECT * FROM drain WHERE not_before <= ? ORDER BY since LIMIT ?",
+                                (now, limit)).fetchall()
+            conn.executemany("UPDATE drain SET not_before = ? WHERE bucket = ? AND key = ?",
+                             [(now + lease, r[0], r[1]) for r in rows])
+            return [DrainEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+        return await self._write(op)
+
+    async def finish_drain(self, entry: DrainEntry) -> bool:
+        """Remove the entry if it is still for the same write; False if a newer write replaced it meanwhile."""
+        def op(conn):
+            if conn.execute("DELETE FROM drain WHERE bucket = ? AND key = ? AND op = ? AND version_id = ?",
+                            (entry.bucket, entry.key, entry.op, entry.version_id)).rowcount > 0:
+                return True
+            conn.execute("UPDATE drain SET not_before = 0 WHERE bucket = ? AND key = ?", (entry.bucket, entry.key))
+            return False
+        return await self._write(op)
+
+    async def reset_drain_claims(self) -> int:
+        """At start-up, before any drainer runs: claims of a crashed process are void."""
+        def op(conn):
+            return conn.execute("UPDATE drain SET not_before = 0 WHERE not_before > ?", (time.time(),)).rowcount
+        return await self._write(op)
+
+    async def get_flag(self, name: str) -> int:
+        row = self._reader.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    async def set_flag(self, name: str, value: int) -> None:
+        def op(conn):
+            conn.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                         (name, value))
+        await self._write(op)
+
+    async def release_drain(self, entry: DrainEntry, delay: float, error: str = "") -> None:
+        """Give a claimed entry back, due again after ``delay`` seconds (a failure when ``error`` is set)."""
+        def op(conn):
+            conn.execute("UPDATE drain SET not_before = ?, attempts = attempts + ?, last_error = ? "
+                         "WHERE bucket = ? AND key = ? AND version_id = ? AND op = ?",
+                         (time.time() + delay, 1 if error else 0, error[:500], entry.bucket, entry.key,
+                          entry.version_id, entry.op))
+        await self._write(op)
+
+    async def get_drain(self, bucket: str, key: str) -> DrainEntry | None:
+        r = self._reader.execute("SELECT * FROM drain WHERE bucket = ? AND key = ?", (bucket, key)).fetchone()
+        return DrainEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) if r else None
+
+    async def drain_pending_in(self, bucket: str, prefix: str, except_key: str) -> bool:
+        """Whether any journaled write other than ``except_key`` waits under ``prefix``."""
+        row = self._reader.execute(
+            "SELECT 1 FROM drain WHERE bucket = ? AND key >= ? AND key < ? AND key != ? LIMIT 1",
+            (bucket, prefix, prefix + "\U0010ffff", except_key)).fetchone()
+        return row is not None
+
+    async def drain_backlog(self, bucket: str | None = None) -> tuple[int, int, float | None]:
+        """(entries, bytes, time of the oldest undrained write or None)."""
+        sql = "SELECT count(*), coalesce(sum(size), 0), min(since) FROM drain"
+        params: tuple = ()
+        if bucket is not None:
+            sql += " WHERE bucket = ?"
+            params = (bucket,)
+        n, size, oldest = await self._read_in_pool(lambda c: c.execute(sql, params).fetchone())
+        return int(n), int(size), oldest
+
+    async def list_drain(self, bucket: str, limit: int = 1000) -> list[DrainEntry]:
+        rows = await self._read_in_pool(lambda c: c.execute(
+            "SELECT * FROM drain WHERE bucket = ? ORDER BY key LIMIT ?", (bucket, limit)).fetchall())
+        return [DrainEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    # tiering: index import -------------------------------------------------------------------------------
+    async def list_versions(self, bucket: str, start: str, inclusive: bool, end: str | None,
+                            limit: int) -> list[ObjectVersion]:
+        """Like list_objects, with whole versions (for comparing the index against a cold listing)."""
+        op = ">=" if inclusive else ">"
+        sql = f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key {op} ?"
+        params: list[Any] = [bucket, start]
+        if end is not None:
+            sql += " AND key < ?"
+            params.append(end)
+        sql += " ORDER BY key LIMIT ?"
+        params.append(limit)
+        return [_row_to_version(r) for r in await self._read_in_pool(lambda c: c.execute(sql, params).fetchall())]
+
+    async def apply_cold_listing(self, bucket: str, upserts: Sequence[tuple[ObjectVersion, str | None]],
+                                 removals: Sequence[tuple[str, str]]) -> int:
+        """Import part of a cold listing: each (version, expect) is applied as by record_cold_version; each
+        (key, version_id) removal drops a clean row the cold store no longer has. Returns rows changed."""
+        def op(conn):
+            _require_bucket(conn, bucket)
+            now = time.time()
+            changed = 0
+            for version, expect in upserts:
+                row = conn.execute("SELECT version_id FROM objects WHERE bucket = ? AND key = ?",
+                                   (bucket, version.key)).fetchone()
+                if (row[0] if row else None) != expect or (row and _is_dirty(conn, bucket, version.key)):
+                    continue
+                _swap_version(conn, version, None, now)
+                changed += 1
+            for key, version_id in removals:
+                row = conn.execute("SELECT version_id, pinned_until FROM objects WHERE bucket = ? AND key = ?",
+                                   (bucket, key)).fetchone()
+                if row is None or row[0] != version_id or _is_dirty(conn, bucket, key):
+                    continue
+                _delete_key(conn, bucket, key, now)
+                changed += 1
+            return changed
+        return await self._write(op)
+
+    # jobs ------------------------------------------------------------------------------------------------
+    async def create_job(self, job: Job) -> None:
+        def op(conn):
+            _require_bucket(conn, job.bucket)
+            conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0)",
+                         (job.job_id, job.kind, job.bucket, json.dumps(job.spec), job.state, job.priority,
+                          job.created, job.updated, json.dumps(job.progress), job.error))
+        await self._write(op)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = self._reader.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _row_to_job(row) if row else None
+
+    async def list_jobs(self, limit: int = 100, active_only: bool = False) -> list[Job]:
+        sql = "SELECT * FROM jobs"
+        if active_only:
+            sql += " WHERE state IN ('queued', 'running')"
+        sql += " ORDER BY created DESC LIMIT ?"
+        return [_row_to_job(r) for r in self._reader.execute(sql, (limit,)).fetchall()]
+
+    async def claim_job(self, owner: str, lease: float) -> Job | None:
+        """Take the most urgent queued job, or a running one whose owner's lease expired (it crashed)."""
+        def op(conn):
+            now = time.time()
+            row = conn.execute("SELECT * FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
+                               "ORDER BY priority, created LIMIT 1", (now,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, updated = ? "
+                         "WHERE job_id = ?", (owner, now + lease, now, row[0]))
+            job = _row_to_job(row)
+            job.state = "running"
+            return job
+        return await self._write(op)
+
+    async def update_job(self, job_id: str, *, owner: str | None = None, lease: float = 0.0,
+                         state: str | None = None, progress: dict | None = None, error: str | None = None) -> str:
+        """Record progress (and renew the lease when ``owner`` still holds it); returns the job's state, which
+        may have become 'cancelled' meanwhile."""
+        def op(conn):
+            now = time.time()
+            row = conn.execute("SELECT state, owner FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                return "gone"
+            current = row[0]
+            if owner is not None and row[1] != owner:
+                return "lost"
+            if current in ("cancelled", "done", "failed") and state not in ("cancelled",):
+                return current
+            sets, params = ["updated = ?"], [now]
+            if state is not None:
+                sets.append("state = ?")
+                params.append(state)
+                current = state
+            if progress is not None:
+                sets.append("progress = ?")
+                params.append(json.dumps(progress))
+            if error is not None:
+                sets.append("error = ?")
+                params.append(error[:2000])
+            if owner is not None and lease:
+                sets.append("lease_until = ?")
+                params.append(now + lease)
+            conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?", (*params, job_id))
+            return current
+        return await self._write(op)
+
     # bulk tools ------------------------------------------------------------------------------------------
     def bulk_insert_sync(self, versions: Sequence[ObjectVersion]) -> None:
         """Insert many new versions in one transaction (bench and import tools; not for the request path)."""
         def op(conn):
-            conn.executemany(f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            conn.executemany(f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES ({_OBJECT_PLACEHOLDERS})",
                              [_version_params(v) for v in versions])
         self._writer.submit_blocking(op)
+
+
+def _upgrade(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    if version < 2:
+        for statement in _V1_TO_V2:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+        conn.execute("INSERT INTO counters SELECT 'resident_bytes', coalesce(sum(size), 0) FROM objects "
+                     "ON CONFLICT (name) DO NOTHING")
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+    conn.execute("COMMIT")
 
 
 # transaction helpers (run on the writer thread, inside a savepoint) ----------------------------------------
@@ -578,7 +1041,7 @@ def _add_garbage(conn: sqlite3.Connection, blob_ids: Sequence[str], now: float) 
 
 
 def _swap_version(conn: sqlite3.Connection, version: ObjectVersion, condition: WriteCondition | None,
-                  now: float) -> ObjectVersion | None:
+                  now: float, journal: bool = False) -> ObjectVersion | None:
     row = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
                        (version.bucket, version.key)).fetchone()
     current = _row_to_version(row) if row else None
@@ -593,11 +1056,20 @@ def _swap_version(conn: sqlite3.Connection, version: ObjectVersion, condition: W
     if current is not None:
         conn.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (version.bucket, version.key))
         _add_garbage(conn, [e.blob_id for e in current.extents], now)
-    conn.execute(f"INSERT INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _version_params(version))
+        if current.residency == "partial":
+            conn.execute("DELETE FROM fills WHERE version_id = ?", (current.version_id,))
+    conn.execute(f"INSERT INTO objects ({_OBJECT_COLUMNS}) VALUES ({_OBJECT_PLACEHOLDERS})", _version_params(version))
+    _account(conn, _resident_size(version) - (_resident_size(current) if current else 0))
+    if journal:
+        _journal(conn, version.bucket, version.key, "put", version.version_id, version.size, now)
     return current
 
 
-def _delete_key(conn: sqlite3.Connection, bucket: str, key: str, now: float) -> ObjectVersion | None:
+def _delete_key(conn: sqlite3.Connection, bucket: str, key: str, now: float,
+                journal: bool = False) -> ObjectVersion | None:
+    if journal:
+        # Journaled even when the key is not in the index: it may exist in the cold store only.
+        _journal(conn, bucket, key, "delete", "", 0, now)
     row = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
                        (bucket, key)).fetchone()
     if row is None:
@@ -605,7 +1077,33 @@ def _delete_key(conn: sqlite3.Connection, bucket: str, key: str, now: float) -> 
     current = _row_to_version(row)
     conn.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
     _add_garbage(conn, [e.blob_id for e in current.extents], now)
+    _account(conn, -_resident_size(current))
+    if current.residency == "partial":
+        conn.execute("DELETE FROM fills WHERE version_id = ?", (current.version_id,))
     return current
+
+
+def _resident_size(version: ObjectVersion) -> int:
+    """Bytes a version holds on the warm tier; a partial fill counts whole, as its sparse blob may become so."""
+    return 0 if version.residency == "absent" else version.size
+
+
+def _account(conn: sqlite3.Connection, delta: int) -> None:
+    if delta:
+        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'resident_bytes'", (delta,))
+
+
+def _journal(conn: sqlite3.Connection, bucket: str, key: str, op: str, version_id: str, size: int,
+             now: float) -> None:
+    # A replaced entry keeps its claim (not_before): the drainer uploading the older bytes must finish before
+    # anyone uploads the newer ones, or the older could land last. finish_drain makes it due again at once.
+    conn.execute("INSERT INTO drain VALUES (?, ?, ?, ?, ?, ?, 0, '', 0) ON CONFLICT (bucket, key) DO UPDATE SET "
+                 "op = excluded.op, version_id = excluded.version_id, size = excluded.size, attempts = 0, "
+                 "last_error = ''", (bucket, key, op, version_id, size, now))
+
+
+def _is_dirty(conn: sqlite3.Connection, bucket: str, key: str) -> bool:
+    return conn.execute("SELECT 1 FROM drain WHERE bucket = ? AND key = ?", (bucket, key)).fetchone() is not None
 
 
 def _drop_upload(conn: sqlite3.Connection, upload_id: str, now: float) -> None:

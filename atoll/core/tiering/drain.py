@@ -1,0 +1,146 @@
+"""The drain: journaled writes and deletes of write-back buckets travel to their cold stores.
+
+The journal is the ``drain`` table: one entry per key, written in the same transaction as the object row, so an
+acknowledged write is never without its entry. A newer write replaces the entry (only the newest bytes cross the
+WAN) but keeps its claim, so bytes of two versions of a key are never in flight at once and the older can never
+land last. An upload is idempotent (the same key gets the same bytes), so a drainer that crashed mid-way is
+simply redone after its claim lapses; start-up voids every claim at once.
+
+Checkpoint groups: a key under a group's prefix whose basename is one of the group's markers waits until no
+other entry of its directory is pending, so a reader of the cold store sees the marker only after every other
+file of that checkpoint is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import time
+from typing import TYPE_CHECKING
+
+from atoll import errors, metrics
+from atoll.core.models import CheckpointGroup, DrainEntry
+from atoll.core.tiering.upload import TokenBucket, upload_version
+from atoll.stores.cold.store import Traffic
+
+if TYPE_CHECKING:
+    from atoll.core.tiering.tier import Tiering
+
+log = logging.getLogger("atoll.drain")
+
+CLAIM_SECONDS = 300.0
+_IDLE_POLL = 1.0
+_GROUP_TTL = 2.0
+DEFAULT_MARKERS = (".metadata", "_SUCCESS", "_COMMITTED")
+
+
+def marker_directory(key: str, groups: list[CheckpointGroup]) -> str | None:
+    """The directory (prefix ending in '/', or '' at the top) that ``key`` closes, if it is a group marker."""
+    name = posixpath.basename(key)
+    for group in groups:
+        if key.startswith(group.prefix) and name in group.markers:
+            return key[: len(key) - len(name)]
+    return None
+
+
+class Drainer:
+    def __init__(self, tier: "Tiering") -> None:
+        self.tier = tier
+        self.bandwidth = TokenBucket(tier.settings.drain_bandwidth)
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(tier.settings.drain_concurrency)
+        self._groups: dict[str, tuple[list[CheckpointGroup], float]] = {}
+        self._active: set[asyncio.Task] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        meta = self.tier.meta
+        while True:
+            try:
+                if await meta.get_flag("drain_paused"):
+                    await self._sleep(_IDLE_POLL)
+                    continue
+                free = self.tier.settings.drain_concurrency * 2 - len(self._active)
+                entries = await meta.take_drain(free, CLAIM_SECONDS) if free > 0 else []
+                for entry in entries:
+                    task = asyncio.get_running_loop().create_task(self._drain_one(entry))
+                    self._active.add(task)
+                    task.add_done_callback(self._done)
+                if not entries:
+                    await self._sleep(_IDLE_POLL)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                log.exception("drain loop failed; retrying")
+                await asyncio.sleep(1.0)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._active.discard(task)
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def stop(self) -> None:
+        for task in list(self._active):
+            task.cancel()
+        if self._active:
+            await asyncio.gather(*self._active, return_exceptions=True)
+
+    async def _groups_of(self, bucket: str) -> list[CheckpointGroup]:
+        cached = self._groups.get(bucket)
+        now = time.monotonic()
+        if cached is None or now - cached[1] > _GROUP_TTL:
+            cached = (await self.tier.meta.list_groups(bucket), now)
+            self._groups[bucket] = cached
+        return cached[0]
+
+    async def _drain_one(self, entry: DrainEntry) -> None:
+        meta = self.tier.meta
+        async with self._slots:
+            try:
+                link = await self.tier.link(entry.bucket)
+                if link is None or link.mode != "writeback":
+                    await meta.release_drain(entry, 30.0, "the bucket is no longer linked in writeback mode")
+                    return
+                store = self.tier.store(link)
+                if entry.op == "delete":
+                    await store.delete(entry.key, Traffic.DRAIN)
+                    await meta.finish_drain(entry)
+                    metrics.DRAINED.labels("delete").inc()
+                    return
+                directory = marker_directory(entry.key, await self._groups_of(entry.bucket))
+                if directory is not None and await meta.drain_pending_in(entry.bucket, directory, entry.key):
+                    await meta.release_drain(entry, 0.2)  # the rest of its checkpoint goes first
+                    return
+                version = await meta.get_object(entry.bucket, entry.key)
+                if version is None or version.version_id != entry.version_id:
+                    await meta.finish_drain(entry)  # replaced meanwhile: makes the newer entry due
+                    return
+                from atoll.core.tiering.tier import join_attributes
+
+                cold = await upload_version(store, self.tier.data, version, Traffic.DRAIN,
+                                            attributes=join_attributes(version), bandwidth=self.bandwidth)
+                await meta.set_cold_identity(entry.bucket, entry.key, entry.version_id, cold.etag, cold.mtime)
+                await meta.finish_drain(entry)
+                metrics.DRAINED.labels("put").inc()
+                metrics.DRAINED_BYTES.inc(version.size)
+                metrics.COLD_BYTES_WRITTEN.labels(Traffic.DRAIN.value).inc(version.size)
+            except asyncio.CancelledError:
+                raise
+            except FileNotFoundError:
+                await meta.finish_drain(entry)  # its blob was replaced and collected: a newer entry exists
+            except (errors.AtollError, OSError) as exc:
+                metrics.DRAIN_FAILURES.inc()
+                delay = min(60.0, 0.5 * 2 ** min(entry.attempts, 7))
+                message = exc.message if isinstance(exc, errors.AtollError) else type(exc).__name__
+                log.warning("drain of an object in bucket %s failed (%s); retry in %.1fs", entry.bucket, message,
+                            delay)
+                await meta.release_drain(entry, delay, message)

@@ -1,0 +1,251 @@
+"""Read-through fills: a missing object becomes a sparse blob filled block by block from the cold store.
+
+A reader asks for bytes [start, end). The blocks covering them are fetched with ranged cold reads, a window of
+``fill_parallelism`` ahead of the reader, each pinned to the cold ETag the version was recorded with (If-Match),
+so bytes of two different cold objects can never be mixed in one warm copy. A block is written in place, made
+durable (fdatasync), and only then recorded in the version's block map; a crash leaves blocks that are either
+recorded and durable or refetched. The block map is persistent, so a partly filled object resumes where it was.
+
+Within a process, each block is fetched once however many readers want it (they await the same task), and each
+version has one ``Fill``: 32 readers of a missing object cause one cold transfer. The reader streams each block
+as soon as it has landed, never waiting for the whole object. Blocks no reader asked for are not fetched: a
+ranged GET of a cold object costs only the blocks it touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, AsyncIterator
+
+from atoll import errors, metrics
+from atoll.core import ingest
+from atoll.core.models import ABSENT, RESIDENT, Link, ObjectVersion
+from atoll.stores.cold.store import Traffic
+
+if TYPE_CHECKING:
+    from atoll.core.tiering.tier import Tiering
+
+log = logging.getLogger("atoll.readthrough")
+
+_READ_CHUNK = 1 << 20
+
+
+def _write_block(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+    os.fdatasync(fd)
+
+
+def _read_block(fd: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise errors.Unavailable("A warm copy is shorter than its metadata; run atoll fsck.")
+    return data
+
+
+class Fill:
+    """The in-process state of one partial version: its writable blob, block map and blocks in flight."""
+
+    def __init__(self, filler: "Filler", link: Link, version: ObjectVersion, fd: int, block_size: int,
+                 bitmap: bytes) -> None:
+        self.filler = filler
+        self.link = link
+        self.version = version
+        self.fd = fd
+        self.block_size = block_size
+        self.blocks = (version.size + block_size - 1) // block_size
+        self.bitmap = bytearray(bitmap)
+        self.inflight: dict[int, asyncio.Task] = {}
+        self.readers = 0
+        self.complete = False
+        self.closed = False
+        self._window = asyncio.Semaphore(filler.tier.settings.fill_parallelism)
+
+    def has(self, index: int) -> bool:
+        return bool(self.bitmap[index >> 3] & (1 << (index & 7)))
+
+    def ensure(self, index: int) -> None:
+        if not self.has(index) and index not in self.inflight:
+            self.inflight[index] = asyncio.get_running_loop().create_task(self._fetch(index))
+
+    async def block(self, index: int) -> bytes:
+        task = self.inflight.get(index)
+        if task is not None:
+            return await asyncio.shield(task)
+        if not self.has(index):
+            self.ensure(index)
+            return await asyncio.shield(self.inflight[index])
+        lo, hi = self._bounds(index)
+        return await ingest.run_io(_read_block, self.fd, lo, hi - lo)
+
+    def _bounds(self, index: int) -> tuple[int, int]:
+        lo = index * self.block_size
+        return lo, min(lo + self.block_size, self.version.size)
+
+    async def _fetch(self, index: int) -> bytes:
+        lo, hi = self._bounds(index)
+        store = self.filler.tier.store(self.link)
+        try:
+            async with self._window:
+                started = time.monotonic()
+                data = await store.read_range(self.version.key, lo, hi, Traffic.DEMAND,
+                                              if_match=self.version.cold_etag or None)
+                await ingest.run_io(_write_block, self.fd, data, lo)
+                self.bitmap[index >> 3] |= 1 << (index & 7)
+                metrics.COLD_BYTES_READ.labels(Traffic.DEMAND.value).inc(len(data))
+                metrics.FILL_SECONDS.observe(time.monotonic() - started)
+            state = await self.filler.tier.meta.mark_filled(self.version.bucket, self.version.key,
+                                                            self.version.version_id, [index])
+            if state == RESIDENT:
+                self.complete = True
+            return data
+        except errors.ColdObjectChanged:
+            # The cold object was replaced since this version was recorded: record the new one, so the
+            # next open fills that instead of failing forever.
+            await self.filler.tier.replace_changed(self.link, self.version)
+            raise
+        finally:
+            self.inflight.pop(index, None)
+            self.filler.release_if_idle(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+class Filler:
+    def __init__(self, tier: "Tiering") -> None:
+        self.tier = tier
+        self.fills: dict[str, Fill] = {}
+        self._opening: dict[str, asyncio.Future] = {}
+
+    async def read(self, link: Link, version: ObjectVersion, start: int, end: int) -> AsyncIterator[bytes] | None:
+        """An iterator over bytes [start, end), or None when the version turned out resident (open it locally).
+        The first block is fetched before returning, so a cold failure is still a clean error response."""
+        if version.residency == ABSENT:
+            if not await self._make_room(version.size):
+                return await self._pass_through(link, version, start, end)
+            version = await self._start(link, version)
+        if version.residency == RESIDENT:
+            return None
+        fill = await self._fill_for(link, version)
+        if fill is None:
+            return None
+        if start >= end:
+            return _empty()
+        stream = self._stream(fill, start, end)
+        try:
+            first = await stream.__anext__()
+        except BaseException:
+            await stream.aclose()
+            raise
+        return _prepend(first, stream)
+
+    async def _make_room(self, size: int) -> bool:
+        if await self.tier.has_room(size):
+            return True
+        evictor = getattr(self.tier, "evictor", None)
+        if evictor is not None:
+            await evictor.make_room(size)
+            return await self.tier.has_room(size)
+        return False
+
+    async def _pass_through(self, link: Link, version: ObjectVersion, start: int, end: int) -> AsyncIterator[bytes]:
+        """The warm tier is full of data it may not evict: serve the miss straight from the cold store."""
+        log.warning("warm tier full: serving %s/%s from the cold store without caching", version.bucket,
+                    version.key[:200])
+        if start >= end:
+            return _empty()
+        _, chunks = await self.tier.store(link).open(version.key, Traffic.DEMAND, start=start, end=end,
+                                                     if_match=version.cold_etag or None)
+        return chunks
+
+    async def _start(self, link: Link, version: ObjectVersion) -> ObjectVersion:
+        """absent -> partial, once per version however many readers arrive together."""
+        pending = self._opening.get(version.version_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._opening[version.version_id] = future
+        try:
+            blob_id = await ingest.run_io(self.tier.data.create_sparse, version.size)
+            from atoll.core.tiering.tier import warm_seq_now
+
+            row = await self.tier.meta.start_fill(version.bucket, version.key, version.version_id, blob_id,
+                                                  self.tier.settings.fill_block_size, warm_seq_now())
+            if row is None or row.version_id != version.version_id or row.extents[0].blob_id != blob_id:
+                await ingest.run_io(self.tier.data.delete, blob_id)
+            if row is None:
+                raise errors.NoSuchKey(bucket=version.bucket, key=version.key)
+            if row.version_id != version.version_id:
+                raise errors.ColdObjectChanged(key=version.key)
+            future.set_result(row)
+            return row
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            del self._opening[version.version_id]
+
+    async def _fill_for(self, link: Link, version: ObjectVersion) -> Fill | None:
+        fill = self.fills.get(version.version_id)
+        if fill is not None and not fill.closed:
+            return fill
+        state = await self.tier.meta.get_fill(version.version_id)
+        if state is None:
+            return None  # became resident meanwhile (another process finished it)
+        fill = self.fills.get(version.version_id)  # another reader may have made it while we looked
+        if fill is not None and not fill.closed:
+            return fill
+        block_size, bitmap = state
+        fd = await ingest.run_io(self.tier.data.open_for_fill, version.extents[0].blob_id)
+        fill = Fill(self, link, version, fd, block_size, bitmap)
+        self.fills[version.version_id] = fill
+        return fill
+
+    async def _stream(self, fill: Fill, start: int, end: int) -> AsyncIterator[bytes]:
+        fill.readers += 1
+        try:
+            size = fill.block_size
+            first, last = start // size, (end - 1) // size
+            ahead = self.tier.settings.fill_parallelism
+            for index in range(first, last + 1):
+                for upcoming in range(index, min(last, index + ahead - 1) + 1):
+                    fill.ensure(upcoming)
+                data = await fill.block(index)
+                lo = max(start, index * size) - index * size
+                hi = min(end, (index + 1) * size) - index * size
+                view = memoryview(data)[lo:hi]
+                for at in range(0, len(view), _READ_CHUNK):
+                    yield bytes(view[at:at + _READ_CHUNK])
+        finally:
+            fill.readers -= 1
+            self.release_if_idle(fill)
+
+    def release_if_idle(self, fill: Fill) -> None:
+        if fill.readers == 0 and not fill.inflight:
+            if self.fills.get(fill.version.version_id) is fill:
+                del self.fills[fill.version.version_id]
+            fill.close()
+
+    def readers_total(self) -> int:
+        return sum(f.readers for f in self.fills.values())
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk

@@ -1,0 +1,303 @@
+"""Tiering: what a bucket linked to a cold store adds to the namespace.
+
+The namespace asks this module three things: *what is this key* (the index, else one single-flight cold lookup,
+with 404s remembered briefly), *give me these bytes* (local when resident, else a read-through fill), and *how
+does a write on this bucket travel* (refused on a cache, journaled on write-back, sent first on write-through).
+The object row (residency, cold identity, pins, SIEVE order) is the one truth; this module keeps only caches
+and in-flight work in memory, all of which a restart may lose without losing anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable, Mapping, TypeVar
+
+from atoll import errors
+from atoll import metrics
+from atoll.core.models import ABSENT, RESIDENT, STORED_HEADERS, Link, ObjectVersion
+from atoll.core.tiering.readthrough import Filler
+from atoll.stores.cold import links as cold_links
+from atoll.stores.cold.store import ColdObject, ColdStore, Timeouts, Traffic
+from atoll.stores.data.base import DataStore
+from atoll.stores.meta.base import MetaStore
+
+log = logging.getLogger("atoll.tiering")
+
+_LINK_TTL = 1.0
+T = TypeVar("T")
+
+_HEADER_NAMES = {canonical.lower(): lower for canonical, lower in STORED_HEADERS}
+
+
+@dataclass(slots=True)
+class TierSettings:
+    fill_block_size: int = 8 << 20
+    fill_parallelism: int = 8
+    negative_ttl: float = 5.0
+    warm_capacity: int = 0
+    high_watermark: float = 0.90
+    low_watermark: float = 0.80
+    drain_concurrency: int = 8
+    drain_bandwidth: int = 0
+    stage_concurrency: int = 16
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    cold_defaults: Mapping[str, str] = field(default_factory=dict)
+    secrets_path: str = ""
+
+
+def warm_seq_now() -> int:
+    """Insertion order for SIEVE: microseconds, so rows written by several processes interleave sensibly."""
+    return time.time_ns() // 1000
+
+
+def split_attributes(attributes: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """obstore attributes of a cold object -> (stored headers, user metadata) as S3 keeps them."""
+    headers: dict[str, str] = {}
+    user_meta: dict[str, str] = {}
+    for name, value in (attributes or {}).items():
+        lower = name.lower()
+        if lower in _HEADER_NAMES:
+            headers[_HEADER_NAMES[lower]] = value
+        elif lower == "storage-class":
+            continue
+        else:
+            user_meta[lower] = value
+    return headers, user_meta
+
+
+def join_attributes(version: ObjectVersion) -> dict[str, str]:
+    """The inverse, for uploads: stored headers by their canonical names, user metadata by its own."""
+    attributes = {canonical: version.headers[lower] for canonical, lower in STORED_HEADERS
+                  if lower in version.headers and canonical != "Expires"}
+    attributes.update(version.user_meta)
+    return attributes
+
+
+class SingleFlight:
+    """Concurrent callers with the same key share one call's outcome."""
+
+    def __init__(self) -> None:
+        self._calls: dict[object, asyncio.Future] = {}
+
+    async def run(self, key: object, call: Callable[[], Awaitable[T]]) -> T:
+        pending = self._calls.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._calls[key] = future
+        try:
+            result = await call()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._calls[key]
+
+
+class Tiering:
+    def __init__(self, meta: MetaStore, data: DataStore, settings: TierSettings) -> None:
+        self.meta = meta
+        self.data = data
+        self.settings = settings
+        self.secrets = cold_links.SecretFile(settings.secrets_path) if settings.secrets_path else None
+        self._links: dict[str, tuple[Link | None, float]] = {}
+        self._stores: dict[tuple, ColdStore] = {}
+        self._negative: dict[tuple[str, str], float] = {}
+        self._lookups = SingleFlight()
+        self._revalidated: dict[str, float] = {}
+        self._visited: set[tuple[str, str, str]] = set()
+        self.filler = Filler(self)
+
+    # links ---------------------------------------------------------------------------------------------
+    async def link(self, bucket: str) -> Link | None:
+        now = time.monotonic()
+        cached = self._links.get(bucket)
+        if cached is not None and now - cached[1] < _LINK_TTL:
+            return cached[0]
+        link = await self.meta.get_link(bucket)
+        if len(self._links) > 10000:
+            self._links.clear()
+        self._links[bucket] = (link, now)
+        return link
+
+    def forget_link(self, bucket: str) -> None:
+        self._links.pop(bucket, None)
+
+    def store(self, link: Link) -> ColdStore:
+        secrets = self.secrets.get(link.bucket) if self.secrets else {}
+        cache_key = (link.bucket, link.url, tuple(sorted(link.options.items())), tuple(sorted(secrets.items())))
+        store = self._stores.get(cache_key)
+        if store is None:
+            store = cold_links.build(link.url, {**link.options, **secrets}, self.settings.cold_defaults or {},
+                                     self.settings.timeouts)
+            self._stores = {k: v for k, v in self._stores.items() if k[0] != link.bucket}
+            self._stores[cache_key] = store
+        return store
+
+    def stores(self) -> list[ColdStore]:
+        return list(self._stores.values())
+
+    # lookups -------------------------------------------------------------------------------------------
+    def version_from_cold(self, bucket: str, owner_id: str, cold: ColdObject, *, residency: str = ABSENT,
+                          version_id: str | None = None) -> ObjectVersion:
+        headers, user_meta = split_attributes(cold.attributes)
+        return ObjectVersion(
+            bucket=bucket, key=cold.key, version_id=version_id or self.data.new_blob_id(), size=cold.size,
+            etag=cold.etag, last_modified=cold.mtime, headers=headers, user_meta=user_meta, owner_id=owner_id,
+            residency=residency, cold_etag=cold.etag, cold_mtime=cold.mtime,
+            warm_seq=warm_seq_now() if residency != ABSENT else 0,
+        )
+
+    async def resolve(self, link: Link, owner_id: str, key: str,
+                      version: ObjectVersion | None) -> ObjectVersion | None:
+        """The version to serve for ``key`` of a linked bucket, given what the index holds (``version``)."""
+        if version is None:
+            return await self._lookup(link, owner_id, key)
+        ttl = link.revalidate_seconds
+        if ttl is None or version.residency == ABSENT or not version.cold_etag:
+            return version
+        checked = self._revalidated.get(version.version_id, 0.0)
+        if ttl and time.monotonic() - checked < ttl:
+            return version
+        return await self._revalidate(link, owner_id, version)
+
+    async def _lookup(self, link: Link, owner_id: str, key: str) -> ObjectVersion | None:
+        negative_key = (link.bucket, key)
+        until = self._negative.get(negative_key)
+        if until is not None:
+            if time.monotonic() < until:
+                return None
+            del self._negative[negative_key]
+
+        async def ask() -> ObjectVersion | None:
+            pending = await self.meta.get_drain(link.bucket, key)
+            if pending is not None and pending.op == "delete":
+                return None  # deleted here; the cold copy is on its way out
+            cold = await self.store(link).head_with_attributes(key, Traffic.DEMAND)
+            if cold is None:
+                if len(self._negative) > 100000:
+                    self._negative.clear()
+                self._negative[negative_key] = time.monotonic() + self.settings.negative_ttl
+                return None
+            return await self.meta.record_cold_version(self.version_from_cold(link.bucket, owner_id, cold), None)
+
+        return await self._lookups.run(negative_key, ask)
+
+    async def _revalidate(self, link: Link, owner_id: str, version: ObjectVersion) -> ObjectVersion | None:
+        async def ask() -> ObjectVersion | None:
+            try:
+                cold = await self.store(link).head_with_attributes(version.key, Traffic.DEMAND)
+            except errors.ColdStoreUnavailable:
+                return version  # stale-if-error: the warm copy keeps serving while the cold store is away
+            self._revalidated[version.version_id] = time.monotonic()
+            if len(self._revalidated) > 100000:
+                self._revalidated.clear()
+            if cold is not None and cold.etag == version.cold_etag:
+                return version
+            current = await self.meta.get_object(link.bucket, version.key)
+            if current is None or current.version_id != version.version_id:
+                return current
+            if cold is None:
+                # Deleted in the cold store: a clean copy goes too (a dirty one is newer and will drain).
+                removed = await self.meta.apply_cold_listing(link.bucket, [], [(version.key, version.version_id)])
+                return None if removed else await self.meta.get_object(link.bucket, version.key)
+            return await self.meta.record_cold_version(self.version_from_cold(link.bucket, owner_id, cold),
+                                                       version.version_id)
+
+        return await self._lookups.run(("revalidate", version.version_id), ask)
+
+    async def replace_changed(self, link: Link, version: ObjectVersion) -> None:
+        """A fill found the cold object changed under it: record what the cold store has now."""
+        self._revalidated.pop(version.version_id, None)
+        try:
+            await self._revalidate(link, version.owner_id, version)
+        except errors.AtollError:
+            log.warning("could not re-read a changed cold object of bucket %s", link.bucket)
+
+    def after_write(self, link: Link, key: str) -> None:
+        self._negative.pop((link.bucket, key), None)
+        drainer = getattr(self, "drainer", None)
+        if drainer is not None and link.mode == "writeback":
+            drainer.wake()
+
+    # reads ---------------------------------------------------------------------------------------------
+    def touch(self, version: ObjectVersion) -> None:
+        """Note a warm hit for SIEVE; flushed to the index in batches (a write per read would cost more than
+        the read)."""
+        if version.warm_seq > 0 and len(self._visited) < 200000:
+            self._visited.add((version.bucket, version.key, version.version_id))
+        metrics.TIER_HITS.labels(version.bucket).inc()
+
+    async def flush_visited(self) -> None:
+        if self._visited:
+            batch, self._visited = list(self._visited), set()
+            await self.meta.set_visited(batch, True)
+
+    async def read(self, link: Link, version: ObjectVersion, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a version that is not (wholly) resident, filling the warm copy on the way."""
+        metrics.TIER_MISSES.labels(version.bucket).inc()
+        return await self.filler.read(link, version, start, end)
+
+    # background work ---------------------------------------------------------------------------------
+    def start_background(self, primary: bool) -> None:
+        """Drain, eviction and jobs run in the primary worker; every worker flushes its SIEVE hits."""
+        from atoll.core.tiering.drain import Drainer
+        from atoll.core.tiering.evict import Evictor
+
+        loop = asyncio.get_running_loop()
+        self.evictor = Evictor(self)
+        self._tasks: list[asyncio.Task] = []
+        if primary:
+            self.drainer = Drainer(self)
+            self._tasks += [loop.create_task(self.drainer.run()), loop.create_task(self.evictor.run())]
+            runner = getattr(self, "job_runner", None)
+            if runner is not None:
+                self._tasks.append(loop.create_task(runner.run()))
+        else:
+            self._tasks.append(loop.create_task(self._flush_loop()))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                await self.flush_visited()
+            except Exception:  # noqa: BLE001
+                log.exception("flushing read hits failed")
+
+    async def stop_background(self) -> None:
+        drainer = getattr(self, "drainer", None)
+        if drainer is not None:
+            await drainer.stop()
+        for task in getattr(self, "_tasks", []):
+            task.cancel()
+        for task in getattr(self, "_tasks", []):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        try:
+            await self.flush_visited()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # capacity ------------------------------------------------------------------------------------------
+    def capacity(self) -> int:
+        if self.settings.warm_capacity:
+            return self.settings.warm_capacity
+        import os
+
+        st = os.statvfs(getattr(self.data, "root", "."))
+        return int(st.f_blocks * st.f_frsize * 0.9)
+
+    async def has_room(self, size: int) -> bool:
+        return await self.meta.resident_bytes() + size <= self.capacity()
+
+    def is_resident(self, version: ObjectVersion) -> bool:
+        return version.residency == RESIDENT

@@ -1,0 +1,26 @@
+"""Counters and histograms exported in Prometheus text format on the admin port (``/metrics``).
+
+prometheus_client keeps them per process; with several workers it aggregates through files in
+``PROMETHEUS_MULTIPROC_DIR``, which ``atoll serve`` sets up before any worker starts (see
+``atoll.server.lifecycle``). Gauges that describe shared state (backlog, resident bytes) are read from the
+metadata store at scrape time instead, so every worker reports the same truth.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+TIER_HITS = Counter("atoll_tier_hits", "Reads of linked buckets answered from the warm tier", ["bucket"])
+TIER_MISSES = Counter("atoll_tier_misses", "Reads of linked buckets that needed the cold store", ["bucket"])
+COLD_BYTES_READ = Counter("atoll_cold_read_bytes", "Bytes read from cold stores", ["traffic"])
+COLD_BYTES_WRITTEN = Counter("atoll_cold_written_bytes", "Bytes written to cold stores", ["traffic"])
+COLD_REQUESTS = Counter("atoll_cold_requests", "Requests to cold stores", ["traffic", "outcome"])
+FILL_SECONDS = Histogram("atoll_fill_block_seconds", "Time to fetch and persist one read-through block",
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+EVICTIONS = Counter("atoll_evictions", "Objects evicted from the warm tier")
+EVICTED_BYTES = Counter("atoll_evicted_bytes", "Bytes evicted from the warm tier")
+DRAINED = Counter("atoll_drained", "Journaled writes and deletes propagated to cold stores", ["op"])
+DRAINED_BYTES = Counter("atoll_drained_bytes", "Bytes uploaded by the drain")
+DRAIN_FAILURES = Counter("atoll_drain_failures", "Drain attempts that failed and will be retried")
+STAGED = Counter("atoll_staged", "Objects made resident by staging jobs")
+STAGED_BYTES = Counter("atoll_staged_bytes", "Bytes fetched by staging jobs")
