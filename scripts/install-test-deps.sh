@@ -3,3 +3,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bash "$here/apt-install.sh" rclone curl strace
+# Azurite, the Azure Blob emulator behind the tiering tests: an npm package, so Node and npm first.
+if ! command -v azurite-blob >/dev/null 2>&1; then
+  command -v npm >/dev/null 2>&1 || bash "$here/apt-install.sh" nodejs npm
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  echo "installing azurite@3.37.0 (npm, global)" >&2
+  $SUDO npm install -g --no-audit --no-fund --loglevel=error azurite@3.37.0
+fi

@@ -1,7 +1,8 @@
 """Pytest plugin: fixtures for real cold stores (Azurite, moto) and fault proxies in front of them.
 
 Loaded by ``pytest_plugins = ["cold_fixtures"]`` in tests/conftest.py (tests/ is on sys.path there), or with
-``-p cold_fixtures``. The emulators are session-scoped, one of each for the whole run; tests isolate themselves
+``-p cold_fixtures`` when tests/ is already on sys.path: pytest imports ``-p`` plugins before any conftest, so use
+``PYTHONPATH=tests`` or ``-o pythonpath=tests`` for that. The emulators are session-scoped, one of each for the whole run; tests isolate themselves
 with a fresh container or bucket each (``azure_container``, ``s3_cold_bucket``).
 """
 

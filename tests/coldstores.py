@@ -36,7 +36,7 @@ def fresh_name(hint: str = "t") -> str:
     """A bucket/container name valid for both S3 and Azure (3-63 chars, lowercase, digits, single hyphens),
     unique per call so tests sharing one emulator never see each other's data."""
     cleaned = "".join(c if c.isalnum() else "-" for c in hint.lower())
-    cleaned = "-".join(part for part in cleaned.split("-") if part)[:40] or "t"
+    cleaned = "-".join(part for part in cleaned.split("-") if part)[:40].strip("-") or "t"
     return f"{cleaned}-{secrets.token_hex(4)}"
 
 
@@ -46,6 +46,7 @@ class _ChildServer:
     """A server child process in its own session (so stop() takes its whole process group), logging to a file."""
 
     name = "server"
+    closed_marker: str | None = None  # a log line after which the process has nothing left to do but exit
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -64,8 +65,7 @@ class _ChildServer:
             raise
 
     def _wait_until_answering(self, timeout: float) -> None:
-        # An open port is not enough (Node and Flask both listen before their routes are ready); poll until the
-        # server returns any HTTP status at all.
+        # Poll for a complete HTTP response (any status), not just an open port: that is what a test needs.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -86,9 +86,6 @@ class _ChildServer:
             return Path(self.log_path).read_text(errors="replace")
         except OSError:
             return ""
-
-    # A log line after which the process has nothing left to do even if it has not exited yet.
-    closed_marker: str | None = None
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -117,8 +114,8 @@ class AzuriteServer(_ChildServer):
     """``azurite-blob`` (npm azurite 3.37.0) on 127.0.0.1:<free port> with a fresh ``--location`` directory."""
 
     name = "azurite"
-    # Azurite closes its listener promptly on SIGTERM, then its node process lingers for minutes on timers it
-    # never clears; once it logs this, its state is flushed and the rest is waiting.
+    # On SIGTERM Azurite closes its server at once, but its node process then lingers for minutes (seen with
+    # 3.37.0: ~3 min); once it logs this line it has flushed its state, and the rest is only waiting.
     closed_marker = "successfully closed"
     account_name = "devstoreaccount1"
     # Azurite's well-known development key: public, the same in every Azurite install.
@@ -202,7 +199,8 @@ class MotoS3Server(_ChildServer):
 
     def client(self, endpoint: str | None = None, **config_kwargs):
         """A boto3 S3 client; ``endpoint`` (e.g. ``proxy.endpoint()``) routes it elsewhere, ``config_kwargs``
-        override the botocore Config (``retries``, ``connect_timeout``, ``read_timeout``...)."""
+        override the botocore Config (``connect_timeout``, ``read_timeout``, ``retries``...). Mind that
+        ``retries={"max_attempts": n}`` means n *retries*; ``{"total_max_attempts": 1}`` means no retry."""
         import boto3
         from botocore.config import Config
 
@@ -342,14 +340,15 @@ class FaultProxy:
     takes effect before it returns and applies to open connections as well as new ones.
 
     Counting: ``requests()`` lists each HTTP request (method, path?query) forwarded client→server, keep-alive
-    and pipelined requests included, in forwarding order; a request is listed once its head is forwarded; ``bytes_down`` / ``bytes_up`` count bytes forwarded server→client /
-    client→server. ``reset_counts()`` zeroes them all.
+    and pipelined ones included, in order, from the moment its head is forwarded (so a stalled or blackholed
+    request is not listed: it has not reached the server). ``bytes_down`` / ``bytes_up`` count bytes forwarded
+    server→client / client→server; ``connections`` counts accepted connections. ``reset_counts()`` zeroes all.
 
     Faults (all combinable with each other except the four modes, which replace one another):
 
     * ``latency`` (seconds, attribute): every chunk read is delivered that long after it arrived, in each
       direction. It is a delay line, not a per-chunk pause: chunks in flight overlap, so a request/response
-      round trip costs about 2 × latency and throughput is not reduced.
+      round trip costs about 2 × latency and throughput is not reduced. TCP handshakes are not delayed.
     * ``bandwidth`` (bytes/s, attribute, None = unlimited): a cap per direction, shared by all connections
       (one link between Atoll and the cold store, full duplex).
     * ``stall()``: accept connections, forward nothing, hold what arrives; ``heal()`` delivers it late.
@@ -357,6 +356,7 @@ class FaultProxy:
       dropped, not held, so a connection touched by a blackhole stays silent for good, even after heal():
       the client must time out and reconnect, as after a real network partition.
     * ``reset_all()``: a TCP RST to every open connection (both sides); new connections are unaffected.
+      (A target that refuses the proxy's own connect shows up the same way: the client gets a reset.)
     * ``refuse()``: close the listening socket, so connects fail with ECONNREFUSED; open connections carry on.
     * ``heal()``: back to a transparent relay: mode normal, listening again on the same port, no latency,
       no bandwidth cap.
@@ -534,7 +534,6 @@ class FaultProxy:
                     framer: RequestFramer | None) -> None:
         while (item := await line.get()) is not None:
             due, data = item
-            await self._flowing.wait()
             await asyncio.sleep(max(0.0, due - self._loop.time()))
             while data and not link.dead:
                 # Pieces of at most ~50 ms at the current cap, so a changed bandwidth applies promptly.
@@ -545,17 +544,17 @@ class FaultProxy:
                 await self._flowing.wait()
                 if link.dead:
                     break
+                # Counted as forwarded (a stalled or blackholed request has not reached the server), but before
+                # the write, so whatever the peer has received is already in the counts a test reads.
                 if framer is not None:
-                    # Counted as it is forwarded (a stalled or blackholed request has not reached the server),
-                    # yet before the server can have seen it, so a count read after a reply is complete.
                     framer.feed(piece)
-                writer.write(piece)
-                await writer.drain()
                 with self._lock:
                     if up:
                         self.bytes_up += len(piece)
                     else:
                         self.bytes_down += len(piece)
+                writer.write(piece)
+                await writer.drain()
         if not link.dead and writer.can_write_eof():
             writer.write_eof()  # pass half-closes on, so a server that reads to EOF still answers
 

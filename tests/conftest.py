@@ -15,6 +15,9 @@ import pytest
 
 from harness import ATOLL, REPO, AtollProcess, free_port, s3_client, wait_for_port  # noqa: F401 - re-exported
 
+# Real cold stores (Azurite, a moto S3 server) and the counting fault proxy: tests/cold_fixtures.py.
+pytest_plugins = ["cold_fixtures"]
+
 @pytest.fixture(scope="session")
 def workdir():
     base = tempfile.mkdtemp(prefix="atoll-tests-", dir=os.environ.get("ATOLL_TEST_TMP", "/var/tmp"))

@@ -124,12 +124,24 @@ class Drainer:
                 if version is None or version.version_id != entry.version_id:
                     await meta.finish_drain(entry)  # replaced meanwhile: makes the newer entry due
                     return
+                if version.residency != "resident":
+                    # A metadata-only change (self-copy) of a copy that was evicted just before it: bring the
+                    # bytes back from the cold store (pinned to their cold ETag), then upload bytes and metadata.
+                    stream = await self.tier.read(link, version, 0, version.size)
+                    if stream is not None:
+                        async for _ in stream:
+                            pass
+                    version = await meta.get_object(entry.bucket, entry.key)
+                    if version is None or version.version_id != entry.version_id:
+                        await meta.finish_drain(entry)
+                        return
                 from atoll.core.tiering.tier import join_attributes
 
                 cold = await upload_version(store, self.tier.data, version, Traffic.DRAIN,
                                             attributes=join_attributes(version), bandwidth=self.bandwidth)
                 await meta.set_cold_identity(entry.bucket, entry.key, entry.version_id, cold.etag, cold.mtime)
-                await meta.finish_drain(entry)
+                # A self-copy during the upload kept the version id but not the metadata just sent: redo it.
+                await meta.finish_drain(entry, uploaded_modified=version.last_modified)
                 metrics.DRAINED.labels("put").inc()
                 metrics.DRAINED_BYTES.inc(version.size)
                 metrics.COLD_BYTES_WRITTEN.labels(Traffic.DRAIN.value).inc(version.size)

@@ -14,7 +14,9 @@ from atoll.stores.cold.store import ColdObject, ColdStore, Traffic
 from atoll.stores.data.base import DataStore
 
 CHUNK = 8 << 20
-PART_SIZE = 16 << 20
+# obstore buffers one part per upload slot: PART_SIZE x PART_CONCURRENCY bytes per large upload in flight.
+PART_SIZE = 8 << 20
+PART_CONCURRENCY = 4
 
 
 class TokenBucket:
@@ -68,9 +70,11 @@ async def _chunks(opened: list[tuple[int, int, int]], bandwidth: TokenBucket | N
 
 async def upload_version(store: ColdStore, data: DataStore, version: ObjectVersion, traffic: Traffic, *,
                          attributes: dict[str, str], bandwidth: TokenBucket | None = None,
-                         concurrency: int = 8) -> ColdObject:
+                         concurrency: int = PART_CONCURRENCY) -> ColdObject:
     """Upload the whole of ``version`` under its key. The blobs are opened first, so a concurrent overwrite and
     garbage collection cannot pull them away mid-transfer (raises FileNotFoundError if already gone)."""
+    if version.residency != "resident":
+        raise errors.Unavailable("Only a wholly warm version can be uploaded.")
     opened = await ingest.run_io(_open_extents, data, version)
     try:
         if version.size <= PART_SIZE:
