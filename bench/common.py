@@ -54,6 +54,15 @@ class Settings:
     atoll_bin: str
     repopulate: bool
     strict: bool
+    cold_size: int         # tiering: the cold object of cold1 / cold1-warm
+    stage_small_n: int     # tiering: the two staging data sets
+    stage_small_size: int
+    stage_large_n: int
+    stage_large_size: int
+    stage_conc: int        # concurrent streams of the direct reference (= Atoll's stage_concurrency)
+    fill_block_size: int   # Atoll's read-through fill settings (what the server gets from ATOLL_FILL_*)
+    fill_parallelism: int
+    cold1_fills: str       # extra cold1 Atoll variants, e.g. "16Mx4,4Mx16"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -82,6 +91,15 @@ class Settings:
             atoll_bin=os.environ.get("ATOLL_BIN", os.path.join(os.path.dirname(PY), "atoll")),
             repopulate=os.environ.get("ATOLL_BENCH_REPOPULATE", "") not in ("", "0"),
             strict=os.environ.get("STRICT", "") not in ("", "0"),
+            cold_size=env_int("COLD_SIZE", env_int("BIG_SIZE", 64 * MIB if quick else GIB)),
+            stage_small_n=env_int("STAGE_SMALL_N", 200 if quick else 2000),
+            stage_small_size=env_int("STAGE_SMALL_SIZE", MIB),
+            stage_large_n=env_int("STAGE_LARGE_N", 2 if quick else 20),
+            stage_large_size=env_int("STAGE_LARGE_SIZE", 64 * MIB if quick else 256 * MIB),
+            stage_conc=env_int("STAGE_CONC", env_int("ATOLL_STAGE_CONCURRENCY", 16)),
+            fill_block_size=env_int("ATOLL_FILL_BLOCK_SIZE", 8 * MIB),
+            fill_parallelism=env_int("ATOLL_FILL_PARALLELISM", 8),
+            cold1_fills=os.environ.get("COLD1_FILLS", ""),
         )
 
 

@@ -20,15 +20,17 @@ import time
 from typing import Callable
 
 from . import benches as benches_mod
-from . import common, data, populate, report
+from . import common, data, populate, report, tiering
 from .benches import LIST_BUCKET, build
 from .common import Settings, human_size, run_client
 from .peers import EMPTY_SIZE, SMALL_SIZE, AtollPeer, MotoPeer, NginxPeer, Peer, S3Peer
 
-ROW_IDS = ["get1", "ranges8", "put1", "small", "head", "head-paced", "list", "list-botocore"]
+ROW_IDS = ["get1", "ranges8", "put1", "small", "head", "head-paced", "list", "list-botocore"] + tiering.ROW_IDS
 BIG_ROWS = {"get1", "ranges8", "put1"}
 HTTP_ROWS = {"get1", "ranges8", "put1", "small", "head", "head-paced"}
 LIST_ROWS = {"list", "list-botocore"}
+TIER_ROWS = set(tiering.ROW_IDS)
+NGINX_BIG_ROWS = {"get1", "ranges8", "cold1-warm"}  # rows that need nginx serving the big source file
 
 
 def log(msg: str) -> None:
@@ -45,6 +47,9 @@ class Run:
         self.list_info: dict[str, dict] = {}
         self.per_run_dirs: list[str] = []
         self.src = data.SourceFiles(s.bench_dir)
+        self.tier: tiering.Tiering | None = None
+        self.tier_skip: str | None = None       # why the tiering rows cannot run
+        self.tier_info: dict[str, str] = {}     # data set -> how it got into Azurite
 
     # ---------------------------------------------------------------- setup
     def check_tools(self) -> None:
@@ -53,6 +58,10 @@ class Run:
             need.add("nginx")
         if self.rows_need({"small", "head", "head-paced"}):
             need.add("wrk")
+        if "nginx" in self.s.targets and "cold1-warm" in self.rows:
+            need.add("nginx")
+        if self.rows_need(TIER_ROWS):
+            need.add("azurite-blob")
         missing = [t for t in sorted(need) if not (shutil.which(t) or os.path.exists(f"/usr/sbin/{t}"))]
         if missing:
             raise SystemExit(f"missing tools: {', '.join(missing)} — run `bash bench/run.sh` (it installs nginx-light, "
@@ -68,6 +77,10 @@ class Run:
             sizes.append(s.big_size)
             if "moto" in s.targets:
                 sizes.append(s.moto_big_size)
+        if self.rows_need(NGINX_BIG_ROWS):
+            sizes.append(s.big_size)
+        if self.rows_need(TIER_ROWS):
+            sizes.append(tiering.source_size(s))
         missing = self.src.missing_bytes(sizes)
         need = data.space_needed(s.big_size if self.rows_need(BIG_ROWS) else 0,
                                  s.moto_big_size if self.rows_need(BIG_ROWS) else 0, missing)
@@ -76,6 +89,8 @@ class Run:
         if self.rows_need(LIST_ROWS) and not os.path.exists(
                 os.path.join(s.bench_dir, f"atoll-list-{s.list_keys}", "populated.json")):
             need += 400 * s.list_keys  # the listing bucket's index (~300 B per key in SQLite, with margin)
+        if self.rows_need(TIER_ROWS):
+            need += tiering.space_needed(s, set(self.rows), os.path.join(s.bench_dir, "azurite"))
         ok, msg = data.check_space(s.bench_dir, need)
         log(msg)
         if not ok:
@@ -85,7 +100,7 @@ class Run:
             if self.src.missing_bytes([size]):
                 log(f"creating {human_size(size)} source object in {self.src.dir}")
             self.src.ensure(size)
-        if self.rows_need(BIG_ROWS):
+        if self.rows_need(BIG_ROWS | NGINX_BIG_ROWS):
             data.warm(self.src.path(s.big_size))
 
     def start_peers(self) -> None:
@@ -93,7 +108,7 @@ class Run:
         wanted: list[tuple[str, Callable[[], Peer]]] = []
         http = self.rows_need(HTTP_ROWS)
         small = self.rows_need({"small"})
-        if "nginx" in s.targets and http:
+        if "nginx" in s.targets and (http or "cold1-warm" in self.rows):
             wanted.append(("nginx w1", lambda: NginxPeer(s, 1, self.src)))
             if small:
                 wanted.append(("nginx w2", lambda: NginxPeer(s, 2, self.src)))
@@ -112,8 +127,10 @@ class Run:
                     shutil.rmtree(d, ignore_errors=True)  # fresh data dir every run
                     self.per_run_dirs.append(d)
                     wanted.append((lab, lambda w=w, d=d: AtollPeer(s, w, os.path.join(d, "data"))))
-        if "moto" in s.targets:
+        if "moto" in s.targets and (http or self.rows_need(LIST_ROWS)):
             wanted.append(("moto", lambda: MotoPeer(s)))
+        if self.rows_need(TIER_ROWS):
+            wanted.append(("azurite", lambda: tiering.AzuritePeer(s)))
         for label, make in wanted:
             p = make()
             self.peers[label] = p  # registered before start so teardown always sees it
@@ -134,9 +151,11 @@ class Run:
         s = self.s
         big_rows = self.rows_need({"get1", "ranges8"})
         for label, p in list(self.peers.items()):
+            if isinstance(p, tiering.AzuritePeer):
+                continue  # its data sets are loaded by setup_tiering
             try:
                 if isinstance(p, NginxPeer):
-                    p.setup_objects(self.src, s.big_size if big_rows else None)
+                    p.setup_objects(self.src, s.big_size if self.rows_need(NGINX_BIG_ROWS) else None)
                 elif isinstance(p, S3Peer):
                     size = None
                     if big_rows and label != "atoll w2":
@@ -269,6 +288,38 @@ class Run:
         except Exception:  # noqa: BLE001
             return False
 
+    def setup_tiering(self) -> None:
+        """The cold data sets in Azurite (uploaded once, cached in its directory) and the tiering run state."""
+        if not self.rows_need(TIER_ROWS):
+            return
+        s = self.s
+        az = self.peers.get("azurite")
+        if az is None:
+            self.tier_skip = self.skip.get("azurite", "Azurite did not start")
+            return
+        if "atoll" not in s.targets or AtollPeer.base_command(s) is None:
+            self.tier_skip = "Atoll not selected (TARGETS) or not available"
+            return
+        src_size = tiering.source_size(s)
+        src_path, src_md5 = self.src.path(src_size), self.src.md5(src_size)
+        for name, ds in tiering.datasets(s).items():
+            if not (set(self.rows) & set(tiering.GROUPS["cold1"] if name == "cold1" else [name])):
+                continue
+            log(f"azurite: data set {ds.prefix} ({ds.describe()}): checking, uploading what is missing")
+            t0 = time.perf_counter()
+            try:
+                how = az.ensure_dataset(ds, src_path, src_md5)
+            except RuntimeError as e:
+                self.tier_skip = str(e)[:300]
+                self.notes.append(f"tiering rows: {e}")
+                return
+            self.tier_info[ds.prefix] = how
+            log(f"azurite: {ds.prefix} ready ({how}, {time.perf_counter() - t0:.0f}s)")
+        self.tier = tiering.Tiering(s, az, src_path)
+        if s.cold_size != s.big_size and "cold1-warm" in self.rows:
+            self.notes.append(f"cold1-warm: nginx serves the {human_size(s.big_size)} object, the cold object is "
+                              f"{human_size(s.cold_size)} (COLD_SIZE != BIG_SIZE)")
+
     def warm_up(self, benches) -> None:
         """Unmeasured: one GET of each large object (page cache), one PUT per server (so that every measured PUT
         finds its previous object to delete, see benches.curl_put) and a 1 s wrk per server."""
@@ -278,7 +329,21 @@ class Run:
                     if c.peer is not None and not c.skip:
                         log(f"warm-up PUT to {c.label}")
                         c.run()
+        if self.tier is not None:  # Azurite's files into the page cache: one unmeasured direct read per data set
+            for b in benches:
+                if b.id in ("cold1", "stage-small", "stage-large"):
+                    log(f"warm-up: direct read of the {b.id} data set")
+                    r = b.cases[0].run()
+                    if not r.get("ok"):
+                        log(f"warm-up {b.id}: {r.get('problem')}")
+            if "cold1" in self.rows:  # leaves a warm copy whose pages rep 1's fill reuses (see Tiering.fresh_atoll)
+                log("warm-up: one first read through Atoll")
+                r = self.tier.atoll_first(None, keep=False)
+                if not r.get("ok"):
+                    log(f"warm-up atoll cold1: {r.get('problem')}")
         for label, p in self.peers.items():
+            if p.kind == "azurite":
+                continue
             if "big" in p.sizes:
                 run_client(["curl", "-s", "-o", "/dev/null", p.get_url("big")], timeout=60 + p.sizes["big"] / 20e6)
             if "small" in self.rows and label != "atoll list" and not self.s.quick:
@@ -290,6 +355,8 @@ class Run:
         samples: dict[str, dict[str, list]] = {b.id: {c.label: [] for c in b.cases if not c.skip} for b in benches}
         self.samples = samples
         for rep in range(self.s.reps):
+            if self.tier is not None:
+                self.tier.rep = rep + 1
             for b in benches:
                 for c in b.cases:
                     if c.skip:
@@ -302,7 +369,7 @@ class Run:
                     except Exception as e:  # noqa: BLE001 - record and go on
                         r = {"ok": False, "problem": f"{type(e).__name__}: {e}"}
                     busy, wall = common.cpu_busy_seconds() - b0, time.perf_counter() - t0
-                    if r.get("ok") and wall > 0.2:
+                    if r.get("ok") and wall > 0.2 and "other_cores" not in r:
                         # CPU used meanwhile by anything but this server and client (other sessions, daemons)
                         r["other_cores"] = max(0.0, busy - r.get("srv_cpu", 0.0) - r.get("cli_cpu", 0.0)) / wall
                     r["rep"] = rep + 1
@@ -315,6 +382,8 @@ class Run:
     # ---------------------------------------------------------------- teardown
     def teardown(self) -> None:
         common.kill_current_client()
+        tiering.stop_all()
+        shutil.rmtree(os.path.join(self.s.bench_dir, "atoll-tier"), ignore_errors=True)
         for problem in benches_mod.flush_put_objects():
             print(problem, file=sys.stderr)
         for p in list(self.peers.values())[::-1]:
@@ -350,9 +419,12 @@ def versions(s: Settings) -> dict:
 
 def main() -> int:
     s = Settings.from_env()
+    if s.only:  # group names (cold1, stage) stand for their rows
+        s.only = {r for x in s.only for r in tiering.GROUPS.get(x, [x])}
     bad = (s.only or set()) - set(ROW_IDS)
     if bad:
-        print(f"unknown ONLY rows {sorted(bad)}; rows are: {', '.join(ROW_IDS)}", file=sys.stderr)
+        groups = ", ".join(g + "=" + "+".join(ids) for g, ids in tiering.GROUPS.items())
+        print(f"unknown ONLY rows {sorted(bad)}; rows are: {', '.join(ROW_IDS)} (groups: {groups})", file=sys.stderr)
         return 2
 
     def on_signal(signum, _frame):
@@ -368,6 +440,10 @@ def main() -> int:
             "reps": s.reps, "rows": ",".join(run.rows), "targets": ",".join(sorted(s.targets)),
             "sizes": f"big {human_size(s.big_size)}, moto big {human_size(s.moto_big_size)}, small 4 KiB, "
                      f"list {s.list_keys:,} keys (moto {s.moto_list_keys:,})",
+            "tiering": f"cold object {human_size(s.cold_size)}, staging {s.stage_small_n:,} × "
+                       f"{human_size(s.stage_small_size)} and {s.stage_large_n:,} × {human_size(s.stage_large_size)}, "
+                       f"direct streams {s.stage_conc}, Atoll fill {human_size(s.fill_block_size)} × "
+                       f"{s.fill_parallelism}" + (f", cold1 variants {s.cold1_fills}" if s.cold1_fills else ""),
             "wrk": f"-t{s.wrk_threads} -c{s.conn} -d{s.dur}s (moto -d{s.moto_dur}s)",
             "machine": f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}",
             "bench dir": s.bench_dir, "loadavg start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
@@ -385,9 +461,11 @@ def main() -> int:
         run.start_peers()
         run.load_objects()
         run.setup_lists()
+        run.setup_tiering()
         peers = dict(run.peers)
         peers["__skip__"] = run.skip
-        benches = [b for b in build(s, peers, run.src, run.list_info) if b.id in run.rows]
+        benches = [b for b in build(s, peers, run.src, run.list_info)
+                   + tiering.build(s, run.tier, run.peers.get("nginx w1"), run.tier_skip) if b.id in run.rows]
         log(f"setup done in {time.perf_counter() - t_start:.0f}s; measuring {', '.join(b.id for b in benches)} "
             f"× {s.reps} reps")
         run.warm_up(benches)

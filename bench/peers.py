@@ -257,7 +257,9 @@ class AtollPeer(S3Peer):
         os.makedirs(self.data_dir, exist_ok=True)
         cmd = self.base_command(self.s) + ["serve", "--data-dir", self.data_dir, "--s3-address",
                                            f"{HOST}:{self.port}", "--workers", str(self.workers)]
-        return cmd, {"ATOLL_ROOT_ACCESS_KEY": ACCESS_KEY, "ATOLL_ROOT_SECRET_KEY": SECRET_KEY}
+        # Admin API off: two Atoll peers run side by side and would both want the default admin port.
+        return cmd, {"ATOLL_ROOT_ACCESS_KEY": ACCESS_KEY, "ATOLL_ROOT_SECRET_KEY": SECRET_KEY,
+                     "ATOLL_ADMIN_ADDRESS": "off"}
 
 
 class MotoPeer(S3Peer):

@@ -54,13 +54,21 @@ class AtollProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     log_path: str = ""
+    # Every server gets its own admin port (the default 9001 would make concurrent servers collide).
+    admin_port: int = field(default_factory=free_port)
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
     def env(self) -> dict[str, str]:
         env = {**os.environ, "ATOLL_ROOT_ACCESS_KEY": self.access_key, "ATOLL_ROOT_SECRET_KEY": self.secret_key,
+               "ATOLL_ADMIN_ADDRESS": f"127.0.0.1:{self.admin_port}", "ATOLL_ADMIN_TOKEN": self.admin_token,
                **self.extra_env}
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_CONFIG_FILE"):
             env.pop(var, None)

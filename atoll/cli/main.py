@@ -75,6 +75,10 @@ def serve(
     """Run the Atoll server."""
     config = _config(config_file, data_dir=data_dir, s3_address=s3_address, s3_domains=s3_domain or None,
                      region=region, workers=workers, access_log=access_log, log_level=log_level)
+    from atoll.admin.multiproc import prepare_metrics_dir
+
+    # Before anything imports prometheus_client (lifecycle does): it picks per-process files at import time.
+    prepare_metrics_dir(config.data_dir)
     from atoll.server.lifecycle import StartupError, ensure_malloc_env, serve as run
 
     ensure_malloc_env()
@@ -213,7 +217,9 @@ def bucket_list(as_json: bool = typer.Option(False, "--json"), config_file: Opti
 
 @bucket_app.command("show")
 def bucket_show(name: str, config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt) -> None:
-    """Show a bucket: owner, objects, bytes."""
+    """Show a bucket: owner, objects, bytes; its cold-store link, checkpoint groups and drain backlog."""
+    from atoll.cli.status import bucket_tiering, print_bucket_tiering
+
     config = _config(config_file, data_dir=data_dir)
 
     async def run(ns):
@@ -222,14 +228,15 @@ def bucket_show(name: str, config_file: Optional[str] = ConfigOpt, data_dir: Opt
             return None
         objects, size = await ns.meta.count_objects(name)
         owners = {i.owner_id: i.display_name for i in await ns.meta.list_identities()}
-        return bucket, owners.get(bucket.owner_id, bucket.owner_id), objects, size
+        return bucket, owners.get(bucket.owner_id, bucket.owner_id), objects, size, await bucket_tiering(ns, name)
 
     found = _with_store(config, run)
     if found is None:
         _fail(f"no bucket named {name}")
-    bucket, owner_name, objects, size = found
+    bucket, owner_name, objects, size, tiering = found
     console.print(f"bucket:  {bucket.name}\nowner:   {owner_name}\nregion:  {bucket.region}\n"
                   f"objects: {objects}\nbytes:   {size}", highlight=False)
+    print_bucket_tiering(tiering)
 
 
 @bucket_app.command("delete")
@@ -330,6 +337,50 @@ def bucket_group(
     if problem:
         _fail(problem)
     console.print(f"checkpoint group {name}/{prefix}: markers {', '.join(group.markers)}", highlight=False)
+
+
+@bucket_app.command("sync-index")
+def bucket_sync_index(
+    name: str,
+    prefix: str = typer.Option("", "--prefix", help="Only the cold objects under this prefix (default: all; "
+                               "only a whole-bucket sync makes listings local)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job with a progress bar until it ends."),
+    as_json: bool = typer.Option(False, "--json", help="Print the job (its final state with --wait) as JSON."),
+    config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Import the cold store's listing into the local index (incremental on re-run): then listings of the bucket
+    are answered locally, without touching the WAN. A background job run by the server."""
+    from atoll import errors
+    from atoll.cli.jobs import follow_job, job_record
+    from atoll.core.tiering import admin
+
+    config = _config(config_file, data_dir=data_dir)
+
+    async def run(ns):
+        try:
+            return await admin.create_job(ns.tier, "sync-index", name, {"prefix": prefix}), None
+        except errors.AtollError as exc:
+            return None, exc.message
+
+    job, problem = _with_store(config, run)
+    if problem:
+        _fail(problem)
+    if not wait:
+        if as_json:
+            sys.stdout.write(json.dumps(job_record(job, full_spec=False)) + "\n")
+        else:
+            console.print(f"sync-index job {job.job_id} queued; follow it with: atoll jobs wait {job.job_id}",
+                          highlight=False)
+        return
+    if not as_json:
+        console.print(f"sync-index job {job.job_id}: {('prefix ' + repr(prefix)) if prefix else 'the whole bucket'} "
+                      f"of {name}", markup=False, highlight=False)
+    raise typer.Exit(follow_job(config, job.job_id, as_json))
+
+
+# Command groups kept in their own modules register themselves on ``app`` when imported (after everything above).
+from atoll.cli import status as _status  # noqa: E402,F401 - atoll status, atoll drain
+from atoll.cli import jobs as _jobs  # noqa: E402,F401 - atoll stage, atoll jobs
 
 
 def main() -> None:

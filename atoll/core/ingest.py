@@ -63,7 +63,12 @@ class StagedBlob:
             raise _storage_error(exc) from exc
 
     async def abort(self) -> None:
-        await run_io(self.writer.abort)
+        await _abort_shielded(self.writer)
+
+
+async def _abort_shielded(writer: BlobWriter) -> None:
+    # Shielded: a second cancellation (a job cancelled while cleaning up) must not leave the temp file behind.
+    await asyncio.shield(run_io(writer.abort))
 
 
 def _storage_error(exc: OSError) -> errors.AtollError:
@@ -104,10 +109,10 @@ async def stage(store: DataStore, body: AsyncIterator[bytes], algorithms: Iterab
         if pieces:
             await run_io(_write_and_hash, writer, hashers, pieces)
     except OSError as exc:
-        await run_io(writer.abort)
+        await _abort_shielded(writer)
         raise _storage_error(exc) from exc
     except BaseException:
-        await run_io(writer.abort)
+        await _abort_shielded(writer)
         raise
     return StagedBlob(writer, size, {alg: h.digest() for alg, h in hashers.items()})
 

@@ -158,6 +158,7 @@ class Job:
     updated: float = 0.0
     progress: dict = field(default_factory=dict)
     error: str = ""
+    owner: str = ""  # host:pid of the runner holding it (while running)
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from atoll.core import ingest
 from atoll.core.conditions import ReadConditions, check as check_conditions
 from atoll.core.listing import ListPage, list_page
 from atoll.core.models import RESIDENT, Bucket, Extent, Identity, Link, ObjectVersion, Part, Upload
+from atoll.core.tiering.listing import list_linked
 from atoll.stores.data.base import DataStore
 from atoll.stores.cold.store import Traffic, cold_path
 from atoll.stores.meta.base import MetaStore, WriteCondition
@@ -303,8 +304,23 @@ class Namespace:
             if condition.if_match != "*" and condition.if_match != current.etag:
                 raise errors.PreconditionFailed(condition="If-Match")
 
+    async def _admit_write(self) -> None:
+        """Before a body is staged: when the warm tier is full and eviction cannot free it (what is left is dirty
+        or pinned), the client is told to slow down and retry (503 SlowDown, Retry-After); reads go on."""
+        tier = self.tier
+        if tier is None or await tier.has_room(0):
+            return
+        evictor = getattr(tier, "evictor", None)
+        if evictor is not None:
+            await evictor.make_room(0)
+            if await tier.has_room(0):
+                return
+        raise errors.InsufficientStorage("The warm tier is full of data not yet safe in the cold store (or pinned); "
+                                         "retry later.", retry_after=5)
+
     async def _stage_verified(self, body: AsyncIterator[bytes], algorithms: set[str], verify: Verifier,
                               max_size: int) -> tuple[ingest.StagedBlob, dict[str, str]]:
+        await self._admit_write()
         staged = await ingest.stage(self.data, body, {"md5", *algorithms}, max_size=max_size)
         try:
             stored = verify(staged.digests, staged.size)
@@ -464,6 +480,7 @@ class Namespace:
             self._after_linked_write(link, key)
             return replaced
         await self._check_write_condition(bucket, key, condition)
+        await self._admit_write()
         new_extents = []
         try:
             for extent in src.extents:
@@ -494,7 +511,12 @@ class Namespace:
     # listing -----------------------------------------------------------------------------------------
     async def list_objects(self, identity: Identity | None, bucket: str, *, prefix: str, delimiter: str,
                            start_after: str, max_keys: int) -> ListPage:
-        await self.bucket_for(identity, bucket)
+        found = await self.bucket_for(identity, bucket)
+        if self.tier is not None:
+            link = await self.tier.link(bucket)
+            if link is not None:
+                return await list_linked(self.tier, link, found.owner_id, prefix=prefix, delimiter=delimiter,
+                                         start_after=start_after, max_keys=max_keys)
         return await list_page(self.meta, bucket, prefix=prefix, delimiter=delimiter, start_after=start_after,
                                max_keys=max_keys)
 
@@ -564,6 +586,7 @@ class Namespace:
         if end - start > MAX_SINGLE_PUT:
             raise errors.EntityTooLarge()
         algorithms = ["md5"] + ([upload.checksum_algorithm] if upload.checksum_algorithm else [])
+        await self._admit_write()
         writer = await ingest.run_io(self.data.create)
         hashers = {alg: cks.new_hasher(alg) for alg in algorithms}
         try:

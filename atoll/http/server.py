@@ -37,9 +37,9 @@ _STATUS_LINES = {
     code: f"HTTP/1.1 {code} {phrase}\r\n".encode()
     for code, phrase in (
         (100, "Continue"), (200, "OK"), (201, "Created"), (202, "Accepted"), (204, "No Content"),
-        (206, "Partial Content"), (304, "Not Modified"), (400, "Bad Request"), (403, "Forbidden"),
-        (404, "Not Found"), (405, "Method Not Allowed"), (408, "Request Timeout"), (409, "Conflict"),
-        (411, "Length Required"), (412, "Precondition Failed"), (413, "Payload Too Large"),
+        (206, "Partial Content"), (304, "Not Modified"), (400, "Bad Request"), (401, "Unauthorized"),
+        (403, "Forbidden"), (404, "Not Found"), (405, "Method Not Allowed"), (408, "Request Timeout"),
+        (409, "Conflict"), (411, "Length Required"), (412, "Precondition Failed"), (413, "Payload Too Large"),
         (416, "Range Not Satisfiable"), (431, "Request Header Fields Too Large"), (500, "Internal Server Error"),
         (501, "Not Implemented"), (503, "Service Unavailable"), (507, "Insufficient Storage"),
     )
@@ -387,6 +387,9 @@ class HttpConnection(asyncio.Protocol):
             sent = await self._send(req, response)
         except (ClientGone, ConnectionError, OSError):
             self._abort()
+        except Exception:  # noqa: BLE001 - a body stream failed after the head went out: closing is the only
+            self._abort()  # way left to tell the client its response is incomplete
+            self.server.log_exception(req)
         finally:
             self.app.log_access(req, status, sent, time.monotonic() - req.started)
             self._active = None

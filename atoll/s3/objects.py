@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 from email.utils import formatdate
 from functools import lru_cache
 from urllib.parse import unquote
@@ -244,8 +245,20 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
     if isinstance(opened, bytes):
         return Response(status, out, body=opened)
     if not isinstance(opened, list):  # read-through: streamed while the warm copy fills
-        return Response(status, out, stream=opened, content_length=length)
+        return Response(status, out, stream=_cut_short_on_cold_failure(opened), content_length=length)
     return Response(status, out, files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length)
+
+
+async def _cut_short_on_cold_failure(stream):
+    """A read-through body whose cold store fails midway: the head is out, so closing the connection is all that
+    is left to tell the client. The HTTP server closes quietly on a connection error; a WAN failure is worth a
+    warning in the log, not a traceback."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except errors.AtollError as exc:
+        logging.getLogger("atoll.s3").warning("a read-through response was cut short: %s", exc.message)
+        raise ConnectionAbortedError(exc.message) from None
 
 
 async def head_object(ctx: S3Context) -> Response:

@@ -19,8 +19,10 @@ import sys
 import time
 from dataclasses import dataclass
 
+from atoll.admin.multiproc import mark_dead as mark_metrics_dead
 from atoll.config import Config
 from atoll.core.namespace import Namespace, new_secret_key
+from atoll.core.tiering.jobs import JobRunner
 from atoll.core.tiering.tier import Tiering, TierSettings
 from atoll.stores.cold.store import Timeouts as ColdTimeouts
 from atoll.http.server import HttpServer, Timeouts, bind_socket
@@ -49,6 +51,17 @@ class RootCredentials:
     access_key: str
     secret_key: str
     generated: bool
+
+
+@dataclass(slots=True)
+class AdminListener:
+    """The admin API's socket, bound by the master before any worker starts, and its bearer token. Only worker
+    slot 0 (the primary) serves it; a restarted primary takes the same socket over."""
+
+    sock: socket.socket
+    token: str
+    started: float
+    generated: bool = False  # the token was made at this start (printed once, like root credentials)
 
 
 def ensure_malloc_env() -> None:
@@ -131,6 +144,7 @@ def build_namespace(config: Config, meta: SqliteMetaStore, data: FileDataStore) 
     tier = Tiering(meta, data, tier_settings(config))
     ns = Namespace(meta, data, region=config.region, min_part_size=config.min_part_size, tier=tier)
     tier.namespace = ns
+    tier.job_runner = JobRunner(tier)  # runs only where start_background(primary=True) starts it
     return ns
 
 
@@ -140,7 +154,7 @@ def build_app(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> tup
     return S3App(ns, domains=config.s3_domains, access_log=access_log, max_skew=config.max_clock_skew), ns, access_log
 
 
-def run_worker(config: Config, sock: socket.socket, slot: int = 0) -> None:
+def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminListener | None = None) -> None:
     """One serving process: its own event loop, metadata connections and HTTP server."""
     import uvloop
 
@@ -153,6 +167,15 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0) -> None:
         server = HttpServer(app, loop, timeouts,
                             on_exception=lambda req: log.exception("request %s failed", req.id))
         await server.listen(sock)
+        admin_server = None
+        if admin is not None and slot == 0:
+            from atoll.admin.app import AdminApp
+
+            admin_app = AdminApp(ns, admin.token, started=admin.started, workers=config.workers,
+                                 access_log=access_log)
+            admin_server = HttpServer(admin_app, loop, timeouts,
+                                      on_exception=lambda req: log.exception("admin request %s failed", req.id))
+            await admin_server.listen(admin.sock)
         ns.start_background(primary=slot == 0)
         # Everything allocated so far lives as long as the process: keep it out of the cyclic collector's scans,
         # which otherwise walk it on every full collection and show up as multi-millisecond latency spikes.
@@ -164,6 +187,8 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0) -> None:
         await stop
         log.info("worker %d stopping: finishing in-flight requests (up to %ss)", os.getpid(), config.shutdown_grace)
         await server.stop(config.shutdown_grace)
+        if admin_server is not None:
+            await admin_server.stop(1.0)
         await ns.stop_background()
         await meta.close()
         if access_log is not None:
@@ -173,6 +198,7 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0) -> None:
 
 
 def serve(config: Config) -> None:
+    started = time.time()
     meta, data = open_stores(config)
     try:
         root = bootstrap_root(config, meta)
@@ -189,16 +215,50 @@ def serve(config: Config) -> None:
         hold = bind_socket(config.s3_host, config.s3_port, reuse_port=True)
     except OSError as exc:
         raise StartupError(f"cannot listen on {config.s3_address}: {exc.strerror}") from None
+    admin = None
+    if config.admin_address != "off":
+        try:
+            admin = _admin_listener(config, started)
+        except StartupError:
+            hold.close()
+            raise
     if root.generated:
         print(f"Generated root credentials (stored in {os.path.join(config.data_dir, ROOT_CREDENTIALS_FILE)}, "
               f"shown once):\n  access key id:     {root.access_key}\n  secret access key: {root.secret_key}",
               flush=True)
     print(f"Atoll S3 endpoint on http://{config.s3_address} (data in {os.path.abspath(config.data_dir)}, "
           f"{config.workers} worker{'s' if config.workers > 1 else ''})", flush=True)
+    if admin is not None:
+        from atoll.admin.token import token_path
+
+        if admin.generated:
+            print(f"Generated admin API token (stored in {token_path(config)}, shown once):\n  {admin.token}",
+                  flush=True)
+        print(f"Admin API and /metrics on http://{config.admin_address} (bearer token: ATOLL_ADMIN_TOKEN or "
+              f"{token_path(config)})", flush=True)
     if config.workers == 1:
-        run_worker(config, hold)
+        run_worker(config, hold, 0, admin)
         return
-    _supervise(config, hold, data)
+    _supervise(config, hold, data, admin)
+
+
+def _admin_listener(config: Config, started: float) -> AdminListener:
+    """Bind the admin port (a busy port is a start-up error like a busy S3 port) and settle its token."""
+    from atoll.admin.token import TokenError, ensure_token
+
+    host, _, port = config.admin_address.rpartition(":")
+    try:
+        _check_port_free(host.strip("[]"), int(port))
+        sock = bind_socket(host.strip("[]"), int(port), reuse_port=False)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on admin_address {config.admin_address}: {exc.strerror} (choose "
+                           "another with ATOLL_ADMIN_ADDRESS or admin_address, or \"off\")") from None
+    try:
+        token, generated = ensure_token(config)
+    except (TokenError, OSError) as exc:
+        sock.close()
+        raise StartupError(f"admin API token: {exc}") from None
+    return AdminListener(sock, token, started, generated)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -210,7 +270,7 @@ def _check_port_free(host: str, port: int) -> None:
         probe.bind((host, port))
 
 
-def _supervise(config: Config, hold: socket.socket, data: FileDataStore) -> None:
+def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: AdminListener | None = None) -> None:
     """Fork workers, each with its own SO_REUSEPORT listening socket; restart any that dies unexpectedly."""
     hold.close()  # the workers' sockets hold the port from here on
     children: dict[int, int] = {}
@@ -230,9 +290,11 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore) -> None
             if pid == 0:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                if admin is not None and slot != 0:
+                    admin.sock.close()  # only the primary serves the admin port
                 code = 0
                 try:
-                    run_worker(config, sock, slot)
+                    run_worker(config, sock, slot, admin)
                 except BaseException:  # noqa: BLE001
                     log.exception("worker crashed")
                     code = 1
@@ -265,6 +327,7 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore) -> None
         except InterruptedError:
             continue
         slot = children.pop(pid, None)
+        mark_metrics_dead(pid)
         # A worker killed mid-upload leaves temp files that nobody will finish; the others' are left alone.
         removed = data.remove_temp_files(pid)
         if removed:

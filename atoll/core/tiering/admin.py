@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Mapping
 
 from atoll import errors
+from atoll.core import ingest
 from atoll.core.models import CheckpointGroup, Job, Link
 from atoll.core.tiering.drain import DEFAULT_MARKERS
+from atoll.core.tiering.listing import clear_synced
 from atoll.core.tiering.tier import Tiering
 from atoll.stores.cold import links as cold_links
 from atoll.stores.cold.store import Traffic
@@ -70,7 +73,9 @@ async def link_bucket(tier: Tiering, bucket: str, url: str, mode: str, *, revali
             raise errors.InvalidArgument(f"the cold store {link.url} cannot be listed ({exc.message.split('(')[-1]}"
                                          " check the URL, endpoint and credentials") from None
     if tier.secrets is not None:
-        tier.secrets.put(bucket, secret)
+        await ingest.run_io(tier.secrets.put, bucket, secret)
+    if existing is None or existing.url != link.url:
+        await clear_synced(tier.meta, bucket)  # an index imported from another cold store says nothing of this one
     await tier.meta.put_link(link)
     tier.forget_link(bucket)
     return link
@@ -79,7 +84,7 @@ async def link_bucket(tier: Tiering, bucket: str, url: str, mode: str, *, revali
 async def unlink_bucket(tier: Tiering, bucket: str) -> bool:
     removed = await tier.meta.delete_link(bucket)
     if tier.secrets is not None:
-        tier.secrets.put(bucket, None)
+        await ingest.run_io(tier.secrets.put, bucket, None)
     tier.forget_link(bucket)
     return removed
 
@@ -130,3 +135,21 @@ async def bucket_tiering_status(tier: Tiering, bucket: str) -> dict:
         "groups": [{"prefix": g.prefix, "markers": g.markers} for g in await tier.meta.list_groups(bucket)],
     }
     return status
+
+
+async def pin_prefix(tier: Tiering, bucket: str, prefix: str, until: float) -> tuple[int, int]:
+    """Pin every object under ``prefix`` until ``until`` (epoch seconds; 0 unpins). Returns (objects, bytes)."""
+    if await tier.meta.get_bucket(bucket) is None:
+        raise errors.NoSuchBucket(f"no bucket named {bucket}", bucket=bucket)
+    end = prefix + "\U0010ffff" if prefix else None
+    start, inclusive = prefix, True
+    objects = size = 0
+    while True:
+        batch = await tier.meta.list_versions(bucket, start, inclusive, end, 1000)
+        if not batch:
+            return objects, size
+        # Concurrent pins share the metadata store's group commits: a few transactions per batch, not 1000.
+        await asyncio.gather(*(tier.meta.pin(bucket, v.key, until) for v in batch))
+        objects += len(batch)
+        size += sum(v.size for v in batch)
+        start, inclusive = batch[-1].key, False

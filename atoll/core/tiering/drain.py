@@ -83,9 +83,12 @@ class Drainer:
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives as the wait ends, which
+        # stop() makes likely (a cancelled upload wakes this), and run() would then loop on forever.
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
             pass
 
     async def stop(self) -> None:

@@ -72,7 +72,10 @@ class Fill:
 
     def ensure(self, index: int) -> None:
         if not self.has(index) and index not in self.inflight:
-            self.inflight[index] = asyncio.get_running_loop().create_task(self._fetch(index))
+            task = asyncio.get_running_loop().create_task(self._fetch(index))
+            # A block fetched ahead may fail with no reader left to await it; its readers, if any, get the error.
+            task.add_done_callback(_retrieve)
+            self.inflight[index] = task
 
     async def block(self, index: int) -> bytes:
         task = self.inflight.get(index)
@@ -207,6 +210,10 @@ class Filler:
             return fill
         block_size, bitmap = state
         fd = await ingest.run_io(self.tier.data.open_for_fill, version.extents[0].blob_id)
+        fill = self.fills.get(version.version_id)  # and while we opened the blob: one Fill per version, or
+        if fill is not None and not fill.closed:  # each reader would fetch every block for itself
+            os.close(fd)
+            return fill
         fill = Fill(self, link, version, fd, block_size, bitmap)
         self.fills[version.version_id] = fill
         return fill
@@ -238,6 +245,11 @@ class Filler:
 
     def readers_total(self) -> int:
         return sum(f.readers for f in self.fills.values())
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -131,10 +131,12 @@ class Tiering:
         self._links.pop(bucket, None)
 
     def store(self, link: Link) -> ColdStore:
-        secrets = self.secrets.get(link.bucket) if self.secrets else {}
-        cache_key = (link.bucket, link.url, tuple(sorted(link.options.items())), tuple(sorted(secrets.items())))
+        # Every (re-)link stamps ``created``, so a link's row identifies its settings, secrets included: the
+        # secret file is read only when a store is built, not on every cold call.
+        cache_key = (link.bucket, link.url, tuple(sorted(link.options.items())), link.created)
         store = self._stores.get(cache_key)
         if store is None:
+            secrets = self.secrets.get(link.bucket) if self.secrets else {}
             store = cold_links.build(link.url, {**link.options, **secrets}, self.settings.cold_defaults or {},
                                      self.settings.timeouts)
             self._stores = {k: v for k, v in self._stores.items() if k[0] != link.bucket}
@@ -186,9 +188,19 @@ class Tiering:
                     self._negative.clear()
                 self._negative[negative_key] = time.monotonic() + self.settings.negative_ttl
                 return None
-            return await self.meta.record_cold_version(self.version_from_cold(link.bucket, owner_id, cold), None)
+            return self._checked(cold, await self.meta.record_cold_version(
+                self.version_from_cold(link.bucket, owner_id, cold), None))
 
         return await self._lookups.run(negative_key, ask)
+
+    def _checked(self, cold: ColdObject, version: ObjectVersion | None) -> ObjectVersion | None:
+        """Note that ``version`` matches what the cold store just answered: a ttl= link need not ask again
+        before its TTL (the lookup was that check)."""
+        if version is not None and version.cold_etag == cold.etag:
+            if len(self._revalidated) > 100000:
+                self._revalidated.clear()
+            self._revalidated[version.version_id] = time.monotonic()
+        return version
 
     async def _revalidate(self, link: Link, owner_id: str, version: ObjectVersion) -> ObjectVersion | None:
         async def ask() -> ObjectVersion | None:
@@ -208,8 +220,8 @@ class Tiering:
                 # Deleted in the cold store: a clean copy goes too (a dirty one is newer and will drain).
                 removed = await self.meta.apply_cold_listing(link.bucket, [], [(version.key, version.version_id)])
                 return None if removed else await self.meta.get_object(link.bucket, version.key)
-            return await self.meta.record_cold_version(self.version_from_cold(link.bucket, owner_id, cold),
-                                                       version.version_id)
+            return self._checked(cold, await self.meta.record_cold_version(
+                self.version_from_cold(link.bucket, owner_id, cold), version.version_id))
 
         return await self._lookups.run(("revalidate", version.version_id), ask)
 

@@ -9,6 +9,7 @@ shown: they live in ``<data_dir>/cold-secrets.json`` (mode 0600), written atomic
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -77,13 +78,23 @@ class SecretFile:
         return dict(self.read().get(bucket, {}))
 
     def put(self, bucket: str, secrets: Mapping[str, str] | None) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        # Read-modify-write under an exclusive lock: two `atoll bucket link` runs at once would otherwise each
+        # write back the table they read, and one bucket would lose its credentials.
+        lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            self._put_locked(bucket, secrets, directory)
+        finally:
+            os.close(lock_fd)
+
+    def _put_locked(self, bucket: str, secrets: Mapping[str, str] | None, directory: str) -> None:
         table = self.read()
         if secrets:
             table[bucket] = dict(secrets)
         else:
             table.pop(bucket, None)
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".cold-secrets.")
         try:
             os.fchmod(fd, 0o600)

@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator
 
 import obstore
 
-from atoll import errors
+from atoll import errors, metrics
 
 log = logging.getLogger("atoll.cold")
 
@@ -123,6 +123,7 @@ class ColdStore:
         stats.requests += 1
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out
+        metrics.COLD_REQUESTS.labels(traffic.value, "ok").inc()
 
     def _failed(self, traffic: Traffic, exc: BaseException) -> errors.AtollError:
         h = self.health
@@ -131,6 +132,7 @@ class ColdStore:
         stats = h.per_class[traffic.value]
         stats.requests += 1
         stats.failures += 1
+        metrics.COLD_REQUESTS.labels(traffic.value, "error").inc()
         kind = "timed out" if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) else type(exc).__name__
         h.last_error = kind
         log.debug("cold store %s: %s: %s", self.name, kind, exc)

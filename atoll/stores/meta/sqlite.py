@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS garbage (blob_id TEXT PRIMARY KEY, since REAL NOT NUL
 # Tiering (schema 2). Applied after _SCHEMA, and after the v1 -> v2 column additions on an old file.
 _SCHEMA_TIERING = """
 CREATE INDEX IF NOT EXISTS objects_by_warm_seq ON objects (warm_seq) WHERE warm_seq > 0;
+CREATE INDEX IF NOT EXISTS objects_pinned ON objects (pinned_until) WHERE pinned_until > 0;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS links (
     bucket TEXT PRIMARY KEY, url TEXT NOT NULL, mode TEXT NOT NULL, revalidate TEXT NOT NULL,
@@ -148,7 +149,7 @@ def _row_to_link(row: Sequence[Any]) -> Link:
 
 def _row_to_job(row: Sequence[Any]) -> Job:
     return Job(job_id=row[0], kind=row[1], bucket=row[2], spec=json.loads(row[3]), state=row[4], priority=row[5],
-               created=row[6], updated=row[7], progress=json.loads(row[8]), error=row[9])
+               created=row[6], updated=row[7], progress=json.loads(row[8]), error=row[9], owner=row[10])
 
 
 def _row_to_upload(row: Sequence[Any]) -> Upload:
@@ -634,7 +635,7 @@ class SqliteMetaStore:
             _require_bucket(conn, link.bucket)
             conn.execute("INSERT INTO links VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (bucket) DO UPDATE SET "
                          "url = excluded.url, mode = excluded.mode, revalidate = excluded.revalidate, "
-                         "options = excluded.options",
+                         "options = excluded.options, created = excluded.created",
                          (link.bucket, link.url, link.mode, link.revalidate, json.dumps(link.options), link.created))
         await self._write(op)
 
@@ -686,7 +687,8 @@ class SqliteMetaStore:
             current = _row_to_version(row) if row else None
             if (current.version_id if current else None) != expect:
                 return current
-            if current is not None and _is_dirty(conn, version.bucket, version.key):
+            # Dirty without a row is a pending delete: the cold copy is on its way out, not to be brought back.
+            if _is_dirty(conn, version.bucket, version.key):
                 return current
             _swap_version(conn, version, None, time.time())
             return version
@@ -820,7 +822,9 @@ class SqliteMetaStore:
         return await self._write(op)
 
     async def pinned_bytes(self, bucket: str | None = None) -> int:
-        sql = "SELECT coalesce(sum(size), 0) FROM objects WHERE pinned_until > ? AND residency > 0"
+        # "pinned_until > 0" lets SQLite use the partial index objects_pinned
+        sql = ("SELECT coalesce(sum(size), 0) FROM objects "
+               "WHERE pinned_until > 0 AND pinned_until > ? AND residency > 0")
         params: list[Any] = [time.time()]
         if bucket is not None:
             sql += " AND bucket = ?"
@@ -840,11 +844,18 @@ class SqliteMetaStore:
             return [DrainEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
         return await self._write(op)
 
-    async def finish_drain(self, entry: DrainEntry) -> bool:
-        """Remove the entry if it is still for the same write; False if a newer write replaced it meanwhile."""
+    async def finish_drain(self, entry: DrainEntry, uploaded_modified: float | None = None) -> bool:
+        """Remove the entry if it is still for the same write; False if a newer write replaced it meanwhile.
+        ``uploaded_modified`` is the last_modified of the version that was uploaded: a metadata replace (a
+        self-copy) keeps the version id but changes it, and is a newer write too."""
         def op(conn):
-            if conn.execute("DELETE FROM drain WHERE bucket = ? AND key = ? AND op = ? AND version_id = ?",
-                            (entry.bucket, entry.key, entry.op, entry.version_id)).rowcount > 0:
+            same = True
+            if uploaded_modified is not None:
+                row = conn.execute("SELECT last_modified FROM objects WHERE bucket = ? AND key = ? AND version_id = ?",
+                                   (entry.bucket, entry.key, entry.version_id)).fetchone()
+                same = row is None or row[0] == uploaded_modified
+            if same and conn.execute("DELETE FROM drain WHERE bucket = ? AND key = ? AND op = ? AND version_id = ?",
+                                     (entry.bucket, entry.key, entry.op, entry.version_id)).rowcount > 0:
                 return True
             conn.execute("UPDATE drain SET not_before = 0 WHERE bucket = ? AND key = ?", (entry.bucket, entry.key))
             return False
@@ -926,7 +937,8 @@ class SqliteMetaStore:
             for version, expect in upserts:
                 row = conn.execute("SELECT version_id FROM objects WHERE bucket = ? AND key = ?",
                                    (bucket, version.key)).fetchone()
-                if (row[0] if row else None) != expect or (row and _is_dirty(conn, bucket, version.key)):
+                # Dirty without a row is a pending delete: the cold copy is on its way out, not to be re-imported.
+                if (row[0] if row else None) != expect or _is_dirty(conn, bucket, version.key):
                     continue
                 _swap_version(conn, version, None, now)
                 changed += 1
@@ -1022,7 +1034,8 @@ def _upgrade(conn: sqlite3.Connection, version: int) -> None:
         for statement in _V1_TO_V2:
             conn.execute(statement)
         conn.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
-        conn.execute("INSERT INTO counters SELECT 'resident_bytes', coalesce(sum(size), 0) FROM objects "
+        # WHERE true: without it SQLite parses the upsert's ON as a join constraint (a syntax error).
+        conn.execute("INSERT INTO counters SELECT 'resident_bytes', coalesce(sum(size), 0) FROM objects WHERE true "
                      "ON CONFLICT (name) DO NOTHING")
     conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
     conn.execute("COMMIT")

@@ -1,0 +1,323 @@
+"""The admin HTTP application (``atoll.http.server.App``): a small JSON API and ``/metrics``.
+
+Every request carries ``Authorization: Bearer <token>`` (see atoll.admin.token); the check comes before
+routing, so an unauthenticated client learns nothing about the routes. Answers are JSON; every client mistake
+is a 4xx ``{"error": {"code", "message"}}`` and never echoes a secret. Operator actions go through
+``atoll.core.tiering.admin``, the same functions the CLI calls.
+
+    GET    /metrics                          Prometheus text format
+    GET    /api/v1/status                    version, uptime, warm tier, drain, cold stores, linked buckets
+    GET    /api/v1/buckets/{bucket}          a bucket's tiering status
+    PUT    /api/v1/buckets/{bucket}/link     {url, mode, revalidate?, options?, check?}
+    DELETE /api/v1/buckets/{bucket}/link
+    POST   /api/v1/buckets/{bucket}/groups   {prefix, markers?}
+    GET    /api/v1/jobs                      ?active=1&limit=N
+    POST   /api/v1/jobs                      {kind, bucket, prefix?, keys?, pin?, pin_seconds?, priority?}
+    GET    /api/v1/jobs/{id}
+    DELETE /api/v1/jobs/{id}                 cancel
+    POST   /api/v1/drain/pause | /api/v1/drain/resume
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs, unquote
+
+from atoll import __version__, errors
+from atoll.admin import exporter, status
+from atoll.admin.token import token_matches
+from atoll.core.ingest import run_io
+from atoll.core.namespace import Namespace
+from atoll.core.tiering import admin
+from atoll.http.server import BodyTooLarge, Request, Response
+from atoll.server.accesslog import AccessLog
+
+log = logging.getLogger("atoll.admin")
+
+MAX_BODY = 64 << 10
+MAX_JOB_BODY = 16 << 20  # a staging job may list many keys
+JOB_KINDS = ("stage", "sync-index")
+
+Handler = Callable[[Request, dict], Awaitable[Response]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or []
+
+
+def json_response(status: int, body: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return Response(status=status, body=data, headers=[("Content-Type", "application/json"),
+                                                       ("Cache-Control", "no-store"), *(headers or [])])
+
+
+def error_response(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    return json_response(status, {"error": {"code": code, "message": message}}, headers)
+
+
+def _core_error_status(exc: errors.AtollError) -> int:
+    for kind, status_code in ((errors.NotFound, 404), (errors.Conflict, 409), (errors.PreconditionFailed, 412),
+                              (errors.InvalidRequest, 400), (errors.AccessDenied, 403),
+                              (errors.Unavailable, 503)):
+        if isinstance(exc, kind):
+            return status_code
+    return 400
+
+
+# request bodies ---------------------------------------------------------------------------------------------
+async def _json_body(request: Request, limit: int = MAX_BODY, required: bool = True) -> dict:
+    try:
+        raw = await request.read_body(limit)
+    except BodyTooLarge:
+        raise ApiError(413, "BodyTooLarge", f"The request body exceeds {limit} bytes.") from None
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "MissingBody", "This request needs a JSON object body.")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "InvalidJSON", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "InvalidJSON", "The request body must be a JSON object.")
+    return body
+
+
+def _bad(name: str, expected: str) -> ApiError:
+    return ApiError(400, "InvalidArgument", f"{name!r} must be {expected}.")
+
+
+def _string(body: dict, name: str, default: str | None = None, required: bool = False) -> str | None:
+    value = body.get(name, default)
+    if value is None:
+        if required:
+            raise ApiError(400, "MissingField", f"{name!r} is required.")
+        return None
+    if not isinstance(value, str):
+        raise _bad(name, "a string")
+    return value
+
+
+def _boolean(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise _bad(name, "true or false")
+    return value
+
+
+def _number(body: dict, name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _bad(name, "a positive number")
+    return float(value)
+
+
+def _strings(body: dict, name: str) -> list[str] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(name, "a list of strings")
+    return value
+
+
+def _string_map(body: dict, name: str) -> dict[str, str]:
+    value = body.get(name, {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k.strip() and isinstance(v, str)
+                                              for k, v in value.items()):
+        raise _bad(name, "an object of string values")
+    return {k.strip().lower(): v for k, v in value.items()}
+
+
+def _unknown_fields(body: dict, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        names = ", ".join(repr(u[:64]) for u in unknown[:5])
+        raise ApiError(400, "UnknownField", f"Unknown field(s) {names}; expected {', '.join(allowed)}.")
+
+
+# the application --------------------------------------------------------------------------------------------
+class AdminApp:
+    def __init__(self, ns: Namespace, token: str, *, started: float, workers: int = 1,
+                 access_log: AccessLog | None = None) -> None:
+        if ns.tier is None:
+            raise ValueError("the admin API needs a namespace with tiering")
+        self.ns = ns
+        self.tier = ns.tier
+        self._token = token
+        self.started = started
+        self.workers = workers
+        self.access_log = access_log
+        bucket = r"(?P<bucket>[^/]+)"
+        self._routes: list[tuple[re.Pattern, str, dict[str, Handler]]] = [
+            (re.compile(r"/metrics"), "metrics", {"GET": self.metrics}),
+            (re.compile(r"/api/v1/status"), "status", {"GET": self.status}),
+            (re.compile(rf"/api/v1/buckets/{bucket}"), "bucket", {"GET": self.bucket}),
+            (re.compile(rf"/api/v1/buckets/{bucket}/link"), "link", {"PUT": self.link, "DELETE": self.unlink}),
+            (re.compile(rf"/api/v1/buckets/{bucket}/groups"), "groups", {"POST": self.add_group}),
+            (re.compile(r"/api/v1/jobs"), "jobs", {"GET": self.list_jobs, "POST": self.create_job}),
+            (re.compile(r"/api/v1/jobs/(?P<job_id>[^/]+)"), "job", {"GET": self.get_job,
+                                                                     "DELETE": self.cancel_job}),
+            (re.compile(r"/api/v1/drain/(?P<action>pause|resume)"), "drain", {"POST": self.drain}),
+        ]
+
+    # http.App ---------------------------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        try:
+            if not token_matches(self._token, request.headers.get("authorization")):
+                raise ApiError(401, "Unauthorized", "Send the admin token as 'Authorization: Bearer <token>'.",
+                               [("WWW-Authenticate", 'Bearer realm="atoll-admin"')])
+            handler, params = self._route(request)
+            return await handler(request, params)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.headers)
+        except errors.AtollError as exc:
+            retry = [("Retry-After", str(exc.retry_after))] if isinstance(exc, errors.Unavailable) else []
+            return error_response(_core_error_status(exc), type(exc).__name__, exc.message, retry)
+
+    def protocol_error(self, request: Request | None, status: int, code: str, message: str) -> Response:
+        return error_response(status, code, message)
+
+    def log_access(self, request: Request, status: int, sent: int, elapsed: float) -> None:
+        if self.access_log is not None:
+            self.access_log.record(request, status, sent, elapsed)
+
+    def _route(self, request: Request) -> tuple[Handler, dict]:
+        try:
+            path = unquote(request.raw_path, errors="strict")
+        except UnicodeDecodeError:
+            raise ApiError(400, "InvalidURI", "The path is not valid UTF-8.") from None
+        path = path.rstrip("/") or "/"
+        for pattern, name, methods in self._routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            request.state["op"] = f"admin.{name}"
+            params = match.groupdict()
+            request.state["bucket"] = params.get("bucket")
+            handler = methods.get(request.method)
+            if handler is None:
+                allow = ", ".join(methods)
+                raise ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here; use {allow}.",
+                               [("Allow", allow)])
+            return handler, params
+        raise ApiError(404, "NoSuchRoute", "No such admin API route.")
+
+    # handlers ---------------------------------------------------------------------------------------------
+    async def metrics(self, request: Request, params: dict) -> Response:
+        snapshot = await exporter.take_snapshot(self.tier, self.started)
+        text = await run_io(exporter.render, snapshot)
+        return Response(status=200, body=text, headers=[("Content-Type", exporter.CONTENT_TYPE),
+                                                        ("Cache-Control", "no-store")])
+
+    async def status(self, request: Request, params: dict) -> Response:
+        now = time.time()
+        return json_response(200, {
+            "version": __version__, "started": self.started, "uptime_seconds": round(now - self.started, 3),
+            "workers": self.workers,
+            "warm": await status.warm_status(self.tier),
+            "drain": await status.drain_status(self.tier),
+            "cold_stores": await status.cold_stores(self.tier),
+            "buckets": await status.linked_buckets(self.tier),
+        })
+
+    async def bucket(self, request: Request, params: dict) -> Response:
+        return json_response(200, await status.bucket_status(self.tier, params["bucket"]))
+
+    async def link(self, request: Request, params: dict) -> Response:
+        body = await _json_body(request)
+        _unknown_fields(body, ("url", "mode", "revalidate", "options", "check"))
+        url = _string(body, "url", required=True)
+        mode = _string(body, "mode", required=True)
+        revalidate = _string(body, "revalidate", "never")
+        options = _string_map(body, "options")
+        check = _boolean(body, "check", True)
+        await admin.link_bucket(self.tier, params["bucket"], url, mode, revalidate=revalidate, options=options,
+                                check=check)
+        return json_response(200, await status.bucket_status(self.tier, params["bucket"]))
+
+    async def unlink(self, request: Request, params: dict) -> Response:
+        bucket = params["bucket"]
+        if await self.ns.meta.get_bucket(bucket) is None:
+            raise errors.NoSuchBucket(f"no bucket named {bucket}", bucket=bucket)
+        if not await admin.unlink_bucket(self.tier, bucket):
+            raise ApiError(404, "NotLinked", f"bucket {bucket} is not linked")
+        return json_response(200, {"bucket": bucket, "linked": False})
+
+    async def add_group(self, request: Request, params: dict) -> Response:
+        body = await _json_body(request)
+        _unknown_fields(body, ("prefix", "markers"))
+        prefix = _string(body, "prefix", required=True)
+        group = await admin.add_group(self.tier, params["bucket"], prefix, _strings(body, "markers"))
+        return json_response(200, {"bucket": group.bucket, "prefix": group.prefix, "markers": group.markers})
+
+    async def list_jobs(self, request: Request, params: dict) -> Response:
+        query = parse_qs(request.raw_query, keep_blank_values=True)
+        active = query.get("active", ["0"])[-1].lower() in ("1", "true", "yes")
+        limit_text = query.get("limit", ["100"])[-1]
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 10000:
+            raise ApiError(400, "InvalidArgument", "'limit' must be an integer from 1 to 10000.")
+        jobs = await self.ns.meta.list_jobs(int(limit_text), active_only=active)
+        return json_response(200, {"jobs": [status.job_view(job) for job in jobs]})
+
+    async def create_job(self, request: Request, params: dict) -> Response:
+        body = await _json_body(request, MAX_JOB_BODY)
+        _unknown_fields(body, ("kind", "bucket", "prefix", "keys", "pin", "pin_seconds", "priority"))
+        kind = _string(body, "kind", required=True)
+        if kind not in JOB_KINDS:
+            raise ApiError(400, "InvalidArgument", f"'kind' must be one of {', '.join(JOB_KINDS)}.")
+        bucket = _string(body, "bucket", required=True)
+        spec: dict[str, Any] = {"prefix": _string(body, "prefix", "")}
+        if kind == "stage":
+            keys = _strings(body, "keys")
+            if keys is not None:
+                spec["keys"] = keys
+            spec["pin"] = _boolean(body, "pin", False)
+            pin_seconds = _number(body, "pin_seconds")
+            if pin_seconds is not None:
+                spec["pin"] = True
+                spec["pin_seconds"] = pin_seconds
+        elif any(name in body for name in ("keys", "pin", "pin_seconds")):
+            raise ApiError(400, "InvalidArgument", "'keys', 'pin' and 'pin_seconds' apply to stage jobs only.")
+        if await self.ns.meta.get_bucket(bucket) is None:
+            raise errors.NoSuchBucket(f"no bucket named {bucket}", bucket=bucket)
+        job = await admin.create_job(self.tier, kind, bucket, spec, _string(body, "priority", "normal"))
+        return json_response(201, status.job_view(job), [("Location", f"/api/v1/jobs/{job.job_id}")])
+
+    async def _job(self, job_id: str):
+        job = await self.ns.meta.get_job(job_id)
+        if job is None:
+            raise ApiError(404, "NoSuchJob", "No job with this id.")
+        return job
+
+    async def get_job(self, request: Request, params: dict) -> Response:
+        return json_response(200, status.job_view(await self._job(params["job_id"])))
+
+    async def cancel_job(self, request: Request, params: dict) -> Response:
+        await self._job(params["job_id"])
+        await admin.cancel_job(self.tier, params["job_id"])
+        return json_response(200, status.job_view(await self._job(params["job_id"])))
+
+    async def drain(self, request: Request, params: dict) -> Response:
+        paused = params["action"] == "pause"
+        await self.ns.meta.set_flag("drain_paused", int(paused))
+        if not paused:
+            drainer = getattr(self.tier, "drainer", None)
+            if drainer is not None:
+                drainer.wake()
+        log.info("drain %s through the admin API", "paused" if paused else "resumed")
+        return json_response(200, await status.drain_status(self.tier))

@@ -1,0 +1,257 @@
+"""``atoll status``, ``atoll drain pause|resume`` and the tiering part of ``atoll bucket show``.
+
+Warm usage, links, backlog and pins are read from the data directory's metadata store, so they are shown with or
+without a server. Cold-store health exists only in the running server's memory: ``atoll status`` asks the admin
+API for it and says so plainly when no server answers. Heavy modules are imported inside the commands: this
+module is imported with the CLI, before ``atoll serve`` has set up prometheus_client's multiprocess mode.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Optional
+
+import typer
+from rich.table import Column, Table
+
+from atoll.cli.main import ConfigOpt, DataDirOpt, _config, _with_store, app, console
+from atoll.config import Config
+
+drain_app = typer.Typer(no_args_is_help=True, help="The write-back drain to cold stores.")
+app.add_typer(drain_app, name="drain")
+
+ADMIN_TIMEOUT = 3.0
+_STATE_STYLES = {"healthy": "green", "degraded": "yellow", "partitioned": "bold red", "misconfigured": "bold red"}
+
+
+# formatting -------------------------------------------------------------------------------------------------
+def human_bytes(n: float | int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"
+
+
+def human_age(seconds: float | None) -> str:
+    if not seconds:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    return f"{hours // 24}d {hours % 24}h"
+
+
+def _ago(timestamp: float | None, now: float) -> str:
+    return f"{human_age(now - timestamp)} ago" if timestamp else "never"
+
+
+# the admin API ----------------------------------------------------------------------------------------------
+def default_admin_url(config: Config) -> str | None:
+    if config.admin_address == "off":
+        return None
+    host, _, port = config.admin_address.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}.get(host, host)
+    return f"http://{host}:{port}"
+
+
+def ask_server(url: str, token: str | None, path: str = "/api/v1/status") -> tuple[dict | None, str | None]:
+    """(answer, None) or (None, why not): the server may be down, elsewhere, or refuse the token."""
+    request = urllib.request.Request(url.rstrip("/") + path, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT) as response:
+            return json.loads(response.read()), None
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            return None, (f"the admin API at {url} refused the token (set ATOLL_ADMIN_TOKEN, or run with the "
+                          "data directory of that server)")
+        return None, f"the admin API at {url} answered HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return None, f"server not reachable at {url} ({reason})"
+
+
+# atoll status -----------------------------------------------------------------------------------------------
+async def local_status(ns) -> dict:
+    from atoll.admin import status
+
+    return {"warm": await status.warm_status(ns.tier), "drain": await status.drain_status(ns.tier),
+            "buckets": await status.linked_buckets(ns.tier)}
+
+
+@app.command("status")
+def status_command(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    admin_url: Optional[str] = typer.Option(None, "--admin", help="Admin API URL of the server (default: from "
+                                            "admin_address, http://127.0.0.1:9001)."),
+    config_file: Optional[str] = ConfigOpt,
+    data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Warm tier usage, cold stores and their state, and per linked bucket: backlog and recovery point."""
+    from atoll.admin.token import read_token
+
+    config = _config(config_file, data_dir=data_dir)
+    report: dict[str, Any] = _with_store(config, local_status)
+    url = admin_url or default_admin_url(config)
+    server: dict[str, Any] = {"url": url, "reachable": False, "error": None}
+    cold_stores: list[dict] = []
+    if url is None:
+        server["error"] = "the admin API is off (admin_address = off): cold-store health is not available"
+    else:
+        answer, problem = ask_server(url, read_token(config))
+        if answer is None:
+            server["error"] = problem
+        else:
+            server.update(reachable=True, version=answer.get("version"), uptime_seconds=answer.get("uptime_seconds"),
+                          workers=answer.get("workers"))
+            cold_stores = answer.get("cold_stores", [])
+    report["server"] = server
+    report["cold_stores"] = cold_stores
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    print_status(report)
+
+
+def print_status(report: dict) -> None:
+    now = time.time()
+    warm, drain, server = report["warm"], report["drain"], report["server"]
+    if server["reachable"]:
+        console.print(f"server: atoll {server.get('version')} at {server['url']}, up "
+                      f"{human_age(server.get('uptime_seconds'))}, {server.get('workers')} worker(s)",
+                      highlight=False)
+    else:
+        console.print(f"[yellow]{server['error']}[/]", highlight=False)
+
+    table = Table("warm tier", "", title="Warm tier", title_justify="left", show_header=False)
+    capacity = warm["capacity"]
+    table.add_row("capacity", human_bytes(capacity))
+    table.add_row("resident", f"{human_bytes(warm['resident_bytes'])} ({warm['used_fraction'] * 100:.1f}%)")
+    table.add_row("pinned", human_bytes(warm["pinned_bytes"]))
+    table.add_row("watermarks", f"evict above {warm['high_watermark'] * 100:.0f}% down to "
+                                f"{warm['low_watermark'] * 100:.0f}%")
+    backlog = drain["backlog"]
+    table.add_row("drain", "[bold yellow]paused[/]" if drain["paused"] else "running")
+    table.add_row("backlog", f"{backlog['objects']} objects, {human_bytes(backlog['bytes'])}, recovery point "
+                             f"{human_age(backlog['oldest_age_seconds'])}")
+    console.print(table)
+
+    if server["reachable"]:
+        stores = Table(_name_column("bucket"), _name_column("cold store"), "state", "last success", "latency",
+                       "in / out by class", title="Cold stores", title_justify="left")
+        for store in report["cold_stores"]:
+            stores.add_row(store["bucket"], store["name"], _state_cell(store),
+                           _ago(store.get("last_success"), now) if store.get("contacted") else "not used yet",
+                           f"{store['latency_ewma'] * 1000:.1f} ms" if store.get("latency_ewma") else "-",
+                           _traffic_cell(store.get("traffic", {})))
+        if report["cold_stores"]:
+            console.print(stores)
+        else:
+            console.print("cold stores: none linked")
+
+    buckets = Table(_name_column("bucket"), "mode", _name_column("cold store"), "backlog", "recovery point", "pinned",
+                    title="Linked buckets", title_justify="left")
+    for bucket in report["buckets"]:
+        link = bucket["link"] or {}
+        b = bucket["backlog"]
+        buckets.add_row(bucket["bucket"], link.get("mode", "-"), link.get("url", "-"),
+                        f"{b['objects']} / {human_bytes(b['bytes'])}", human_age(b["oldest_age_seconds"]),
+                        human_bytes(bucket["pinned_bytes"]))
+    if report["buckets"]:
+        console.print(buckets)
+    else:
+        console.print("linked buckets: none (atoll bucket link BUCKET COLD_URL --mode MODE)")
+
+
+def _name_column(header: str) -> Column:
+    # Names are what an operator copies into the next command: fold them in a narrow terminal, never cut them.
+    return Column(header, overflow="fold")
+
+
+def _state_cell(store: dict) -> str:
+    state = store["state"]
+    style = _STATE_STYLES.get(state)
+    cell = f"[{style}]{state}[/]" if style else state
+    if store.get("consecutive_failures"):
+        cell += f"\n{store['consecutive_failures']} failures"
+    if store.get("last_error"):
+        cell += f"\nlast: {store['last_error']}"
+    return cell
+
+
+def _traffic_cell(traffic: dict) -> str:
+    lines = [f"{name} {human_bytes(stats['bytes_in'])} / {human_bytes(stats['bytes_out'])}"
+             for name, stats in traffic.items() if stats.get("requests") or stats.get("bytes_in")
+             or stats.get("bytes_out")]
+    return "\n".join(lines) or "-"
+
+
+# atoll drain pause|resume -----------------------------------------------------------------------------------
+def _set_drain_paused(config: Config, paused: bool) -> dict:
+    async def run(ns):
+        from atoll.admin import status
+
+        await ns.meta.set_flag("drain_paused", int(paused))
+        return await status.drain_status(ns.tier)
+
+    return _with_store(config, run)
+
+
+@drain_app.command("pause")
+def drain_pause(config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt) -> None:
+    """Stop uploading journaled writes to cold stores (writes are still accepted and journaled)."""
+    config = _config(config_file, data_dir=data_dir)
+    backlog = _set_drain_paused(config, True)["backlog"]
+    console.print(f"drain paused; backlog {backlog['objects']} objects, {human_bytes(backlog['bytes'])} "
+                  "(a running server stops starting new uploads within a second)", highlight=False)
+
+
+@drain_app.command("resume")
+def drain_resume(config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt) -> None:
+    """Resume uploading journaled writes to cold stores."""
+    config = _config(config_file, data_dir=data_dir)
+    backlog = _set_drain_paused(config, False)["backlog"]
+    console.print(f"drain resumed; backlog {backlog['objects']} objects, {human_bytes(backlog['bytes'])}",
+                  highlight=False)
+
+
+# atoll bucket show ------------------------------------------------------------------------------------------
+async def bucket_tiering(ns, name: str) -> dict:
+    from atoll.admin import status
+
+    return await status.bucket_status(ns.tier, name)
+
+
+def print_bucket_tiering(tiering: dict) -> None:
+    link = tiering.get("link")
+    if link is None:
+        console.print("link:    none (a local bucket)", highlight=False)
+        return
+    plain = ", ".join(f"{k}={v}" for k, v in sorted(link["options"].items())) or "none"
+    secret = ", ".join(link.get("secret_options", [])) or "none"
+    backlog = tiering["backlog"]
+    lines = [f"link:    {link['url']} ({link['mode']}, revalidate {link['revalidate']})",
+             f"options: {plain}",
+             f"secret options (values kept in the 0600 secret file): {secret}",
+             f"backlog: {backlog['objects']} objects, {human_bytes(backlog['bytes'])}, recovery point "
+             f"{human_age(backlog['oldest_age_seconds'])}",
+             f"pinned:  {human_bytes(tiering['pinned_bytes'])}"]
+    groups = tiering.get("groups") or []
+    lines.append("groups:  " + ("; ".join(f"{g['prefix'] or '(whole bucket)'} (markers {', '.join(g['markers'])})"
+                                          for g in groups) or "none"))
+    console.print("\n".join(lines), highlight=False)
