@@ -26,12 +26,10 @@ import random
 import secrets
 import shutil
 import signal
-import subprocess
 import time
-from typing import Callable
 
 from . import common
-from .common import GIB, HOST, MIB, ClientRun, fmt_num, free_port, human_size, run_client, tail, tree_cpu
+from .common import GIB, HOST, MIB, ClientRun, fmt_num, free_port, human_size, run_client, tail
 from .peers import AtollPeer, Peer
 
 AZ_ACCOUNT = "devstoreaccount1"
@@ -40,6 +38,7 @@ AZ_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPT
 COLD_CONTAINER = "atollbench"
 TIER_BUCKET = "cold"
 DIRECT = "obstore direct"
+TO_FILE = "obstore → file"
 ATOLL = "atoll cache"
 SAMPLE = 64 * 1024
 
@@ -246,16 +245,22 @@ class TierAtoll(AtollPeer):
         return run_client(self.base_command(self.s) + args + ["--data-dir", self.data_dir], timeout=timeout)
 
     def admin(self, path: str) -> dict:
-        c = http.client.HTTPConnection(HOST, self.admin_port, timeout=10)
-        try:
-            c.request("GET", path, headers={"Authorization": f"Bearer {self.admin_token}"})
-            r = c.getresponse()
-            body = r.read()
-            if r.status != 200:
-                raise RuntimeError(f"admin API {path}: HTTP {r.status} {body[:200]!r}")
-            return json.loads(body)
-        finally:
-            c.close()
+        deadline = time.monotonic() + 15  # the admin port opens a moment after the S3 port
+        while True:
+            c = http.client.HTTPConnection(HOST, self.admin_port, timeout=10)
+            try:
+                c.request("GET", path, headers={"Authorization": f"Bearer {self.admin_token}"})
+                r = c.getresponse()
+                body = r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"admin API {path}: HTTP {r.status} {body[:200]!r}")
+                return json.loads(body)
+            except (OSError, http.client.HTTPException) as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"admin API {path}: {e}") from None
+                time.sleep(0.1)
+            finally:
+                c.close()
 
     def tier_state(self) -> dict:
         """Resident bytes of the warm tier and bytes this server read from the bucket's cold store, per class."""
@@ -326,6 +331,10 @@ class Tiering:
         self.warm_problem: str | None = None
         self.leftovers: list[str] = []               # data dirs of finished runs, removed right before the next
         self.runs = 0
+        logs = os.path.join(s.bench_dir, "logs")
+        for name in os.listdir(logs) if os.path.isdir(logs) else []:
+            if name.startswith("atoll-") and name[6:9].isdigit():  # per-run logs of an earlier benchmark run
+                os.unlink(os.path.join(logs, name))
 
     # servers --------------------------------------------------------------------------------------------
     def fresh_atoll(self, tag: str, fill: tuple[int, int] | None = None) -> TierAtoll:
@@ -335,19 +344,21 @@ class Tiering:
         shutil.rmtree(d, ignore_errors=True)
         p = TierAtoll(self.s, os.path.join(d, "data"), fill, tag)
         _live.append(p)
-        if not p.start(timeout=60):
-            raise RuntimeError(f"Atoll did not start: {p.error}")
-        for args in (["bucket", "create", TIER_BUCKET],
-                     ["bucket", "link", TIER_BUCKET, f"az://{COLD_CONTAINER}", "--mode", "cache",
-                      *self.az.link_options()]):
-            r = p.cli(args)
-            if r.rc != 0:
-                p.stop()
-                raise RuntimeError(f"atoll {' '.join(args[:2])}: {(r.err or r.out).strip()[-300:]}")
-        st = p.tier_state()
-        if st["resident"] != 0:
-            p.stop()
-            raise RuntimeError(f"a fresh Atoll reports {st['resident']} resident bytes before the run")
+        try:
+            if not p.start(timeout=60):
+                raise RuntimeError(f"Atoll did not start: {p.error}")
+            for args in (["bucket", "create", TIER_BUCKET],
+                         ["bucket", "link", TIER_BUCKET, f"az://{COLD_CONTAINER}", "--mode", "cache",
+                          *self.az.link_options()]):
+                r = p.cli(args)
+                if r.rc != 0:
+                    raise RuntimeError(f"atoll {' '.join(args[:2])}: {(r.err or r.out).strip()[-300:]}")
+            st = p.tier_state()
+            if st["resident"] != 0:
+                raise RuntimeError(f"a fresh Atoll reports {st['resident']} resident bytes before the run")
+        except BaseException:
+            self.discard(p)
+            raise
         # The previous runs' warm copies go now, right before this run fills: their page-cache pages are then
         # reused at once. Freed earlier, they would sit idle and this VM hands idle free memory back to the host
         # within ~2-3 s (free page reporting); filling such cold pages costs ~1.5 CPU-s/GiB more (the put1 row
@@ -393,6 +404,18 @@ class Tiering:
     def direct_one(self) -> dict:
         ds = self.ds["cold1"]
         return self._direct(ds, ["--key", ds.key(0)])
+
+    def direct_to_file(self) -> dict:
+        """Informational: the same stream written to a new file and fdatasync'ed, the least a warm tier does. The
+        previous run's file is deleted right before, like the Atoll runs' warm copies (see fresh_atoll)."""
+        ds = self.ds["cold1"]
+        self.runs += 1
+        d = os.path.join(self.s.bench_dir, "atoll-tier", f"{self.runs:03d}-to-file")
+        os.makedirs(d, exist_ok=True)
+        for old in self.leftovers:
+            shutil.rmtree(old, ignore_errors=True)
+        self.leftovers[:] = [d]
+        return self._direct(ds, ["--key", ds.key(0), "--to-file", os.path.join(d, "object.bin")])
 
     def direct_many(self, row: str) -> dict:
         ds = self.ds[row]
@@ -480,7 +503,10 @@ class Tiering:
         try:
             p = self.fresh_atoll(f"{row}-r{self.rep}")
             with Window(self.az, p) as w:
-                r = p.cli(["stage", TIER_BUCKET, "--prefix", ds.prefix, "--json"], timeout=300 + ds.total / 5e6)
+                # S3 prefix semantics: "stage-small-1048576x200" would also take "...x2000/" (obstore's listing, used by
+                # the direct client, matches whole path segments instead)
+                r = p.cli(["stage", TIER_BUCKET, "--prefix", ds.prefix + "/", "--json"],
+                          timeout=300 + ds.total / 5e6)
             job = _last_json(r)
             if r.rc != 0 or not job:
                 return _fail(_client_problem(r, "atoll stage"))
@@ -546,6 +572,8 @@ def build(s, tier: Tiering | None, nginx: Peer | None, skip: str | None):
 
     default_fill = f"fill {human_size(s.fill_block_size)} × {s.fill_parallelism}"
     cold_cases = [case(DIRECT, lambda: tier.direct_one(), "one streaming get_async, bytes discarded, reference"),
+                  case(TO_FILE, lambda: tier.direct_to_file(), "the same stream written to a new file + fdatasync: "
+                       "what writing a warm copy costs by itself here"),
                   case(ATOLL, lambda: tier.atoll_first(None, keep=True), default_fill + ", curl → /dev/null")]
     for f in fills:
         cold_cases.append(case(f"{ATOLL} {f[0] >> 20}M×{f[1]}", lambda f=f: tier.atoll_first(f, keep=False),

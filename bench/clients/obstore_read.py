@@ -4,6 +4,8 @@ with `get_async`, bytes discarded.
     --key K                       one object, one streaming GET (the `cold1` reference)
     --prefix P --conc N           list P, then N concurrent streaming GETs over its objects (the `stage` reference;
                                   the listing is part of the time, as it is part of a staging job)
+    --to-file PATH                with --key: write the bytes to a new file PATH instead, fdatasync at the end (what
+                                  any warm tier must at least do; informational)
 
 The store is Azure (Azurite): --endpoint http://127.0.0.1:PORT/ACCOUNT --account A --container C, key in the
 environment variable BENCH_AZURE_KEY. Prints one JSON line:
@@ -28,6 +30,7 @@ ap.add_argument("--prefix")
 ap.add_argument("--conc", type=int, default=16)
 ap.add_argument("--expect-bytes", type=int, default=-1)
 ap.add_argument("--expect-objects", type=int, default=-1)
+ap.add_argument("--to-file")
 a = ap.parse_args()
 
 store = AzureStore(a.container, config={"account_name": a.account, "account_key": os.environ["BENCH_AZURE_KEY"],
@@ -42,11 +45,27 @@ async def read_one(key: str) -> int:
     return n
 
 
+async def read_to_file(key: str, path: str) -> int:
+    n = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        result = await obstore.get_async(store, key)
+        async for chunk in result.stream():
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            n += len(chunk)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return n
+
+
 async def main() -> dict:
     c0, t0 = time.process_time(), time.perf_counter()
     list_secs = 0.0
     if a.key:
-        total, objects = await read_one(a.key), 1
+        total, objects = await (read_to_file(a.key, a.to_file) if a.to_file else read_one(a.key)), 1
     else:
         keys = [m["path"] for batch in obstore.list(store, a.prefix, chunk_size=1000) for m in batch]
         list_secs = time.perf_counter() - t0

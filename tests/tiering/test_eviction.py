@@ -10,14 +10,13 @@ reads go on.
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tierutil import (BLOCK, COLD_KINDS, ColdSite, client, emulator, link_buckets, residency, resident_bytes,
-                      start_server)
+from tierutil import (BLOCK, COLD_KINDS, ColdSite, client, emulator, link_buckets, pattern, residency,
+                      resident_bytes, start_server)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,9 +26,8 @@ OBJECT = 4 * BLOCK  # 256 KiB: sixteen objects fill the tier
 SETTINGS = {"warm_capacity": CAPACITY, "high_watermark": 0.9, "low_watermark": 0.5}
 
 
-def body_of(name: str, size: int = OBJECT) -> bytes:
-    seed = hashlib.sha256(name.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
+def body_of(name: str) -> bytes:
+    return pattern(OBJECT, name)
 
 
 @pytest.fixture(params=COLD_KINDS)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
 import secrets
 import time
@@ -187,8 +186,8 @@ def test_union_of_index_and_cold_listing(server, cold):
                                   ("t", "-"), ("odd/", "/"), ("nothing", "")]:
             want = model_listing(expected, prefix, delimiter)
             assert page_items(s3.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter=delimiter)) == want
-            check_paginated(list_v2(s3, bucket, Prefix=prefix, Delimiter=delimiter, MaxKeys=2), want, 2)
-            check_paginated(list_v1(s3, bucket, Prefix=prefix, Delimiter=delimiter, MaxKeys=3), want, 3)
+            check_paginated(list_v2(s3, bucket, Prefix=prefix, Delimiter=delimiter, MaxKeys=4), want, 4)
+            check_paginated(list_v1(s3, bucket, Prefix=prefix, Delimiter=delimiter, MaxKeys=5), want, 5)
         for start_after in ["dir/b/k01", "dir/c", "top-39", "dir/a/k00"]:
             want = model_listing(expected, start_after=start_after)
             check_paginated(list_v2(s3, bucket, StartAfter=start_after, MaxKeys=7), want, 7)
@@ -308,7 +307,7 @@ def test_relinking_elsewhere_lists_the_union_again(server, cold, tmp_path):
 
 # --- the merge, in-process, against the model ------------------------------------------------------------------
 
-def _model_pages(source_factory, bucket, prefix, delimiter, start_after, max_keys):
+def _all_pages(source_factory, bucket, prefix, delimiter, start_after, max_keys):
     from atoll.core.listing import list_page
 
     async def run():
@@ -340,11 +339,10 @@ def test_union_merge_matches_the_model(tmp_path, ordered):
     import obstore
     from obstore.store import LocalStore, MemoryStore
 
-    from atoll.core.models import ObjectVersion
-    from atoll.core.tiering.listing import ColdWindow, UnionSource, cold_directory, EmptyColdSide
+    from atoll.core.models import Bucket, ObjectVersion
+    from atoll.core.tiering.listing import ColdWindow, EmptyColdSide, UnionSource, cold_directory
     from atoll.stores.cold.store import ColdStore
     from atoll.stores.meta.sqlite import SqliteMetaStore
-    from atoll.core.models import Bucket
 
     rng = random.Random(4 if ordered else 5)
     alphabet = ["a", "b", "/", "-", "\u00fc", "a/b", "0"]
@@ -388,17 +386,15 @@ def test_union_merge_matches_the_model(tmp_path, ordered):
                 directory = cold_directory(prefix)
                 side = (EmptyColdSide() if directory is None
                         else ColdWindow(cold_store, directory, "owner", page_size=page_size))
-                sources.append(side)
                 return UnionSource(meta, side)
 
-            sources: list = []
             for _ in range(12):
                 prefix = rng.choice(["", "", "a", "a/", "b", "a/b", "/", "-", "\u00fc", "a//"])
                 delimiter = rng.choice(["", "", "/", "-", "b"])
                 start_after = rng.choice(["", "", random_key()])
                 max_keys = rng.choice([1, 2, 3, 7, 1000])
                 want = model_listing(expected, prefix, delimiter, start_after)
-                got = await _model_pages(source_factory, "bkt", prefix, delimiter, start_after, max_keys)
+                got = await _all_pages(source_factory, "bkt", prefix, delimiter, start_after, max_keys)
                 assert got == want, (prefix, delimiter, start_after, max_keys, page_size)
         finally:
             await meta.close()
@@ -408,8 +404,8 @@ def test_union_merge_matches_the_model(tmp_path, ordered):
 
 
 def test_cold_offsets_are_valid_lower_bounds():
-    from atoll.core.tiering.listing import cold_directory, cold_offset, merge_entries, path_floor
     from atoll.core.models import ListEntry
+    from atoll.core.tiering.listing import cold_directory, cold_offset, merge_entries, path_floor
 
     assert path_floor("a//b") == "a" and path_floor("/x") == "" and path_floor("a/./b") == "a"
     assert path_floor("a/b\nc") == "a/b" and path_floor("a/b/") == "a/b" and path_floor("ok/key") == "ok/key"
@@ -428,3 +424,54 @@ def test_cold_offsets_are_valid_lower_bounds():
     merged = merge_entries(entries("a", "c", "d"), entries("b", "c", "e"), 4)
     assert [(e.key, cold_only) for e, cold_only in merged] == [("a", False), ("b", True), ("c", False),
                                                                 ("d", False)]
+
+
+def test_sync_index_of_an_unordered_listing_removes_nothing(tmp_path):
+    """A local directory lists in no particular order: the import adds and updates, but cannot tell which index
+    rows the cold store no longer has, so it removes none (and says so) rather than guess."""
+    from atoll.config import load
+    from atoll.core.models import Identity
+    from atoll.core.tiering import admin
+    from atoll.core.tiering.jobs import JobRunner
+    from atoll.server.lifecycle import build_namespace, open_stores
+
+    cold_dir = tmp_path / "cold"
+    for i in range(30):
+        (cold_dir / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (cold_dir / f"d{i % 3}" / f"k{i:02d}").write_bytes(b"x" * i)
+
+    async def sync(ns) -> dict:
+        created = await admin.create_job(ns.tier, "sync-index", "bkt", {"prefix": ""})
+        runner = JobRunner(ns.tier)
+        runner.owner = "test"
+        claimed = await ns.meta.claim_job(runner.owner, 30.0)
+        assert claimed.job_id == created.job_id
+        await runner.run_job(claimed)
+        job = await ns.meta.get_job(created.job_id)
+        assert job.state == "done", job
+        return job.progress
+
+    async def scenario() -> None:
+        config = load(None, {"data_dir": str(tmp_path / "data")})
+        meta, data = open_stores(config)
+        try:
+            ns = build_namespace(config, meta, data)
+            root = Identity("AKROOT", "secretsecret", "owner", "root", 0.0, True)
+            await meta.put_identity(root)
+            await ns.create_bucket(root, "bkt")
+            await admin.link_bucket(ns.tier, "bkt", f"file://{cold_dir}", "cache")
+            first = await sync(ns)
+            assert (first["listed"], first["added"], first["ordered"]) == (30, 30, False)
+            (cold_dir / "d0" / "k00").unlink()
+            (cold_dir / "d1" / "k01").write_bytes(b"changed")
+            (cold_dir / "d2" / "new").write_bytes(b"new")
+            second = await sync(ns)
+            assert (second["added"], second["updated"], second["removed"], second["unchanged"]) == (1, 1, 0, 28)
+            assert await meta.get_object("bkt", "d0/k00") is not None  # not removed: the walk was unordered
+            assert (await meta.get_object("bkt", "d1/k01")).size == len(b"changed")
+            page = await ns.list_objects(root, "bkt", prefix="d2/", delimiter="", start_after="", max_keys=100)
+            assert [e.key for e in page.entries] == sorted(f"d2/k{i:02d}" for i in range(2, 30, 3)) + ["d2/new"]
+        finally:
+            meta.close_sync()
+
+    asyncio.run(scenario())

@@ -10,7 +10,6 @@ requests for its own keys only, so no test sees another's requests.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import http.client
 import threading
 import time
@@ -20,7 +19,8 @@ from dataclasses import dataclass
 import pytest
 from botocore.exceptions import ClientError
 
-from tierutil import BLOCK, COLD_KINDS, Cold, ColdSite, client, emulator, link_buckets, residency, start_server
+from tierutil import (BLOCK, COLD_KINDS, Cold, ColdSite, client, emulator, link_buckets, pattern, residency,
+                      start_server)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,14 +30,7 @@ GENEROUS = 15.0  # a failing cold store must produce an answer well before this 
 
 
 def blob(blocks: float, seed: str) -> bytes:
-    """Deterministic, incompressible-enough bytes of ``blocks`` fill blocks."""
-    size = int(blocks * BLOCK)
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
-        counter += 1
-    return bytes(out[:size])
+    return pattern(int(blocks * BLOCK), seed)
 
 
 def nblocks(body: bytes) -> int:

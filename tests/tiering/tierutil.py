@@ -8,6 +8,7 @@ emulator, a container or an Atoll server still count only their own requests.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import sqlite3
@@ -19,6 +20,16 @@ from harness import ATOLL, AtollProcess
 
 COLD_KINDS = ["s3", "azure"]
 BLOCK = 64 << 10  # the smallest fill block the config accepts: many blocks from small objects
+
+
+def pattern(size: int, seed: str) -> bytes:
+    """Deterministic bytes that differ every 2 KiB (so a block served at the wrong offset shows), cheap to make."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
+        counter += 1
+    return bytes(out[:size])
 
 
 @dataclass

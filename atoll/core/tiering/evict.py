@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from atoll import metrics
@@ -25,6 +26,7 @@ log = logging.getLogger("atoll.evict")
 
 _BATCH = 256
 _INTERVAL = 1.0
+FRUITLESS_COOLDOWN = 2.0
 
 
 class Evictor:
@@ -33,6 +35,7 @@ class Evictor:
         self.hand = 0
         self._lock = asyncio.Lock()
         self.evicted = 0
+        self._fruitless_at = -FRUITLESS_COOLDOWN
 
     async def run(self) -> None:
         while True:
@@ -49,10 +52,16 @@ class Evictor:
             await asyncio.sleep(_INTERVAL)
 
     async def make_room(self, size: int) -> None:
-        """Evict now so that ``size`` more bytes fit (a write or a fill waiting on space)."""
+        """Evict now so that ``size`` more bytes fit (a write or a fill waiting on space).
+
+        When a walk just found nothing to evict (a tier full of dirty or pinned data), writes refused meanwhile
+        do not walk the whole index again: they wait for the cooldown, which the background round also ends."""
+        if time.monotonic() - self._fruitless_at < FRUITLESS_COOLDOWN:
+            return
         await self.tier.flush_visited()
         target = min(self.tier.capacity() - size, int(self.tier.capacity() * self.tier.settings.low_watermark))
-        await self.evict_until(max(target, 0))
+        if not await self.evict_until(max(target, 0)) and await self.tier.meta.resident_bytes() > target:
+            self._fruitless_at = time.monotonic()
 
     async def evict_until(self, target: int) -> int:
         async with self._lock:

@@ -510,11 +510,13 @@ class _Stager:
                 metrics.COLD_BYTES_READ.labels(Traffic.STAGE.value).inc(len(chunk))
                 yield chunk
 
+        # An MD5 costs ~1.4 CPU-s/GiB here: compute it only when there is a digest to check it against.
+        check_md5 = self.etag_is_md5 and bool(_MD5_HEX.match(fetched.etag.strip('"').lower()))
         try:
-            staged = await ingest.stage(self.tier.data, counted(), ["md5"])
+            staged = await ingest.stage(self.tier.data, counted(), ["md5"] if check_md5 else [])
             try:
-                method = verify_transfer(fetched.etag, fetched.size, staged.size, staged.digests["md5"],
-                                         etag_is_md5=self.etag_is_md5)
+                method = verify_transfer(fetched.etag, fetched.size, staged.size, staged.digests.get("md5", b""),
+                                         etag_is_md5=check_md5)
             except VerificationFailed:
                 await staged.abort()
                 raise

@@ -103,10 +103,6 @@ def cold_offset(start: str, inclusive: bool) -> str:
     return path_floor(_predecessor(start) if inclusive else start)
 
 
-def _in_range(key: str, start: str, inclusive: bool, end: str | None) -> bool:
-    return (key >= start if inclusive else key > start) and (end is None or key < end)
-
-
 # the cold side ------------------------------------------------------------------------------------------------
 class ColdWindow:
     """A sorted run of the cold listing known to be complete over (floor, high] (or to the end when exhausted).
@@ -122,7 +118,6 @@ class ColdWindow:
         self.owner_id = owner_id
         self.page_size = page_size
         self.ordered = listing_is_ordered(store)
-        self.requests = 0  # listings started (each is at least one cold request)
         self._keys: list[str] = []
         self._entries: list[ListEntry] = []
         self._floor: str | None = None  # None: nothing read yet
@@ -147,11 +142,16 @@ class ColdWindow:
             hi = len(keys) if end is None else bisect.bisect_left(keys, end, lo)
             past_end = end is not None and self._high is not None and self._high >= end
             if hi - lo >= limit or self._exhausted or past_end:
-                found = self._entries[lo:min(hi, lo + limit)]
-                if lo > _TRIM_AT:  # the cursor only moves forward within one listing
-                    del self._keys[:lo], self._entries[:lo]
-                return found
+                return self._entries[lo:min(hi, lo + limit)]
             await self._pull()
+
+    def forget_before(self, key: str) -> None:
+        """Drop entries below ``key``: ``list_page`` never asks for them again (each of its reads starts at or
+        after the previous one's start, though it may re-read what followed a rolled-up prefix)."""
+        at = bisect.bisect_left(self._keys, key)
+        if at > _TRIM_AT and self._floor is not None:
+            self._floor = self._keys[at - 1]
+            del self._keys[:at], self._entries[:at]
 
     def _may_continue(self, start: str) -> bool:
         if not self.ordered or self._batches is None or self._exhausted or self._floor is None:
@@ -175,7 +175,6 @@ class ColdWindow:
         offset = cold_offset(start, inclusive) if self.ordered else ""
         self._floor = offset
         self._high = None
-        self.requests += 1
         self._batches = self.store.list(self.directory, Traffic.DEMAND, offset=offset or None,
                                         page_size=self.page_size).__aiter__()
         if not self.ordered:
@@ -221,10 +220,11 @@ class ColdWindow:
 class EmptyColdSide:
     """For a prefix no cold path can start with."""
 
-    requests = 0
-
     async def take(self, start: str, inclusive: bool, end: str | None, limit: int) -> list[ListEntry]:
         return []
+
+    def forget_before(self, key: str) -> None:
+        pass
 
     async def close(self) -> None:
         pass
@@ -257,6 +257,7 @@ class UnionSource:
 
     async def list_objects(self, bucket: str, start: str, inclusive: bool, end: str | None,
                            limit: int) -> list[ListEntry]:
+        self.cold.forget_before(start)
         found: list[ListEntry] = []
         while len(found) < limit:
             wanted = limit - len(found)

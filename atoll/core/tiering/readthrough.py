@@ -8,8 +8,10 @@ recorded and durable or refetched. The block map is persistent, so a partly fill
 
 Within a process, each block is fetched once however many readers want it (they await the same task), and each
 version has one ``Fill``: 32 readers of a missing object cause one cold transfer. The reader streams each block
-as soon as it has landed, never waiting for the whole object. Blocks no reader asked for are not fetched: a
-ranged GET of a cold object costs only the blocks it touches.
+as soon as it arrives from the cold store, never waiting for the whole object nor for the block's write and
+fdatasync (only a response's last bytes wait until its blocks are recorded, so a whole read leaves the object
+resident). Blocks no reader asked for are not fetched: a ranged GET of a cold object costs only the blocks it
+touches.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class Fill:
         self.blocks = (version.size + block_size - 1) // block_size
         self.bitmap = bytearray(bitmap)
         self.inflight: dict[int, asyncio.Task] = {}
+        # A block's bytes as soon as they arrive from the cold store, until a reader takes them: readers need not
+        # wait for the write and fdatasync, nor read back from disk what was fetched for them.
+        self.arrivals: dict[int, asyncio.Future] = {}
         self.readers = 0
         self.complete = False
         self.closed = False
@@ -72,20 +77,37 @@ class Fill:
 
     def ensure(self, index: int) -> None:
         if not self.has(index) and index not in self.inflight:
-            task = asyncio.get_running_loop().create_task(self._fetch(index))
+            loop = asyncio.get_running_loop()
+            arrival = loop.create_future()
+            arrival.add_done_callback(_retrieve)
+            self.arrivals[index] = arrival
+            task = loop.create_task(self._fetch(index))
             # A block fetched ahead may fail with no reader left to await it; its readers, if any, get the error.
             task.add_done_callback(_retrieve)
             self.inflight[index] = task
 
     async def block(self, index: int) -> bytes:
+        arrival = self.arrivals.get(index)
+        if arrival is None and not self.has(index) and index not in self.inflight:
+            self.ensure(index)
+            arrival = self.arrivals[index]
+        if arrival is not None:
+            try:
+                return await asyncio.shield(arrival)
+            finally:
+                if arrival.done() and self.arrivals.get(index) is arrival:
+                    del self.arrivals[index]  # taken: a later reader of this block reads the warm copy
         task = self.inflight.get(index)
         if task is not None:
             return await asyncio.shield(task)
-        if not self.has(index):
-            self.ensure(index)
-            return await asyncio.shield(self.inflight[index])
         lo, hi = self._bounds(index)
         return await ingest.run_io(_read_block, self.fd, lo, hi - lo)
+
+    async def settled(self, first: int, last: int) -> None:
+        """Wait until no block in [first, last] is still being fetched or written (whatever the outcome)."""
+        pending = [task for index, task in self.inflight.items() if first <= index <= last]
+        if pending:
+            await asyncio.wait(pending)
 
     def _bounds(self, index: int) -> tuple[int, int]:
         lo = index * self.block_size
@@ -94,11 +116,24 @@ class Fill:
     async def _fetch(self, index: int) -> bytes:
         lo, hi = self._bounds(index)
         store = self.filler.tier.store(self.link)
+        arrival = self.arrivals.get(index)
         try:
             async with self._window:
                 started = time.monotonic()
-                data = await store.read_range(self.version.key, lo, hi, Traffic.DEMAND,
-                                              if_match=self.version.cold_etag or None)
+                try:
+                    data = await store.read_range(self.version.key, lo, hi, Traffic.DEMAND,
+                                                  if_match=self.version.cold_etag or None)
+                except BaseException as exc:
+                    if arrival is not None and not arrival.done():
+                        if isinstance(exc, asyncio.CancelledError):
+                            arrival.cancel()
+                        else:
+                            arrival.set_exception(exc)
+                    if self.arrivals.get(index) is arrival:
+                        del self.arrivals[index]
+                    raise
+                if arrival is not None and not arrival.done():
+                    arrival.set_result(data)
                 await ingest.run_io(_write_block, self.fd, data, lo)
                 self.bitmap[index >> 3] |= 1 << (index & 7)
                 metrics.COLD_BYTES_READ.labels(Traffic.DEMAND.value).inc(len(data))
@@ -120,6 +155,7 @@ class Fill:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.arrivals.clear()
             os.close(self.fd)
 
 
@@ -228,11 +264,15 @@ class Filler:
                 for upcoming in range(index, min(last, index + ahead - 1) + 1):
                     fill.ensure(upcoming)
                 data = await fill.block(index)
+                if index == last:
+                    # Blocks reach readers before they are durable; the last bytes wait until the range is, so a
+                    # reader that got the whole object finds it resident.
+                    await fill.settled(first, last)
                 lo = max(start, index * size) - index * size
                 hi = min(end, (index + 1) * size) - index * size
                 view = memoryview(data)[lo:hi]
                 for at in range(0, len(view), _READ_CHUNK):
-                    yield bytes(view[at:at + _READ_CHUNK])
+                    yield view[at:at + _READ_CHUNK]  # a view, not a copy: the bytes stay in the block
         finally:
             fill.readers -= 1
             self.release_if_idle(fill)

@@ -21,6 +21,7 @@ index alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -105,18 +106,19 @@ class IndexImport:
             offset = cold_offset(self.prefix, True) if self.counts.ordered else ""
             pages = store.list(directory, Traffic.STAGE, offset=offset or None, page_size=PAGE)
             try:
-                async for page in _read_ahead(pages):
-                    objects = [o for o in page if o.key.startswith(self.prefix)]
-                    self.counts.listed += len(objects)
-                    if objects:
-                        await self._import_page(objects)
-                    await self._progress()
-                    if self.counts.ordered and self.end is not None and page and page[-1].key >= self.end:
-                        break  # sorted: nothing further can start with the prefix
+                async with contextlib.aclosing(_read_ahead(pages)) as ahead:
+                    async for page in ahead:
+                        objects = [o for o in page if o.key.startswith(self.prefix)]
+                        self.counts.listed += len(objects)
+                        if objects:
+                            await self._import_page(objects)
+                        await self._progress()
+                        if self.counts.ordered and self.end is not None and page and page[-1].key >= self.end:
+                            break  # sorted: nothing further can start with the prefix
             finally:
                 await self._applied()
         if self.counts.ordered:
-            await self._collect_removals(self._lower, self._lower_inclusive, self.end)
+            await self._read_index(self._lower, self._lower_inclusive, self.end)
             for at in range(0, len(self._removals), _REMOVALS_PER_TRANSACTION):
                 chunk = self._removals[at:at + _REMOVALS_PER_TRANSACTION]
                 self.counts.removed += await self.meta.apply_cold_listing(self.bucket, [], chunk)
@@ -134,8 +136,8 @@ class IndexImport:
             high = objects[-1].key
             # Every index row in (previous page's last key, this page's last key]: the cold store listed all of
             # its keys in that range, so a row with a cold identity that it did not list is gone from there.
-            rows = await self._collect_removals(self._lower, self._lower_inclusive, high + "\0",
-                                                keep={o.key for o in objects})
+            rows = await self._read_index(self._lower, self._lower_inclusive, high + "\0",
+                                          listed={o.key for o in objects})
             self._lower, self._lower_inclusive, self._last_key = high, False, high
         else:
             rows = {}
@@ -179,15 +181,15 @@ class IndexImport:
         applied = await task
         self.counts.conflicts += planned - applied
 
-    async def _collect_removals(self, start: str, inclusive: bool, end: str | None,
-                                keep: set[str] | None = None) -> dict[str, ObjectVersion]:
-        """Read the index rows of [start, end); those not in ``keep`` that carry a cold identity become removal
-        candidates. Returns the rows that are in ``keep``."""
+    async def _read_index(self, start: str, inclusive: bool, end: str | None,
+                          listed: set[str] | None = None) -> dict[str, ObjectVersion]:
+        """The index rows of the range whose keys the cold store ``listed``; the others that carry a cold
+        identity become removal candidates."""
         kept: dict[str, ObjectVersion] = {}
         while True:
             rows = await self.meta.list_versions(self.bucket, start, inclusive, end, _INDEX_READ)
             for row in rows:
-                if keep is not None and row.key in keep:
+                if listed is not None and row.key in listed:
                     kept[row.key] = row
                 elif row.cold_etag:
                     self._removals.append((row.key, row.version_id))
@@ -237,9 +239,11 @@ async def _read_ahead(pages: AsyncIterator[list[ColdObject]], depth: int = 2) ->
                 raise item
             yield item
     finally:
-        producer.cancel()
-        try:
-            await producer
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - its error, if any, was raised above
-            pass
+        while not producer.done():
+            producer.cancel()
+            # A cancellation can be lost (asyncio.wait_for in the cold store's listing may swallow it when its
+            # page arrives at the same moment): never leave the producer stuck on a full queue.
+            with contextlib.suppress(asyncio.QueueEmpty):
+                queue.get_nowait()
+            await asyncio.wait({producer}, timeout=0.05)
         await pages.aclose()  # type: ignore[attr-defined]

@@ -29,6 +29,8 @@ from atoll import errors, metrics
 
 log = logging.getLogger("atoll.cold")
 
+MIN_UPLOAD_RATE = 256 << 10  # bytes/s: an upload slower than this over its whole length is given up and retried
+
 
 class Traffic(enum.Enum):
     DEMAND = "demand"  # a client waits on it
@@ -231,10 +233,15 @@ class ColdStore:
         go up as a multipart upload, which obstore aborts on failure. Returns the new cold identity."""
         path = cold_path(key)
         started = time.monotonic()
+        # A blackholed link must not hold an upload (and a client's write-through PUT) for obstore's own,
+        # hours-long timeout: allow the first-byte and stall times plus the size at a floor rate.
+        deadline = self.timeouts.first_byte + self.timeouts.stall + size / MIN_UPLOAD_RATE
         try:
-            result = await obstore.put_async(self.store, path, source, attributes=attributes or None,
-                                             use_multipart=size > part_size, chunk_size=part_size,
-                                             max_concurrency=concurrency)
+            result = await asyncio.wait_for(
+                obstore.put_async(self.store, path, source, attributes=attributes or None,
+                                  use_multipart=size > part_size, chunk_size=part_size,
+                                  max_concurrency=concurrency),
+                deadline)
         except Exception as exc:  # noqa: BLE001
             raise self._failed(traffic, exc) from None
         self._ok(traffic, started, bytes_out=size)

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from atoll.core.models import Bucket, Identity, ListEntry, ObjectVersion, Part, Upload
+from atoll.core.models import (Bucket, CheckpointGroup, DrainEntry, Identity, Job, Link, ListEntry, ObjectVersion,
+                               Part, Upload)
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,20 +61,26 @@ class MetaStore(Protocol):
     # objects
     async def get_object(self, bucket: str, key: str) -> ObjectVersion | None: ...
 
-    async def put_object(self, version: ObjectVersion, condition: WriteCondition | None = None) -> ObjectVersion | None:
+    async def put_object(self, version: ObjectVersion, condition: WriteCondition | None = None,
+                         journal: bool = False) -> ObjectVersion | None:
         """Make ``version`` the current version of its key; return the version it replaced.
-        Raises NoSuchBucket, PreconditionFailed (condition false), NoSuchKey (if_match on a missing key)."""
+        Raises NoSuchBucket, PreconditionFailed (condition false), NoSuchKey (if_match on a missing key).
+        ``journal``: also record the write in the drain journal (write-back buckets), in the same transaction.
+        Every write keeps the resident-bytes counter exact (a version counts unless it is absent)."""
 
     async def replace_metadata(self, bucket: str, key: str, version_id: str, headers: dict[str, str],
-                               user_meta: dict[str, str], last_modified: float) -> ObjectVersion:
+                               user_meta: dict[str, str], last_modified: float,
+                               journal: bool = False) -> ObjectVersion:
         """Change the stored headers and user metadata of the current version if it is still ``version_id``
         (a self-copy with REPLACE); bytes, ETag and extents are kept. Raises NoSuchKey or
         ConditionalRequestConflict if the key moved on meanwhile."""
 
-    async def delete_object(self, bucket: str, key: str) -> ObjectVersion | None:
-        """Remove the key; return the removed version (None if there was none). Raises NoSuchBucket."""
+    async def delete_object(self, bucket: str, key: str, journal: bool = False) -> ObjectVersion | None:
+        """Remove the key; return the removed version (None if there was none). Raises NoSuchBucket.
+        ``journal`` records a delete to propagate even when the key has no row (it may exist in cold only)."""
 
-    async def delete_objects(self, bucket: str, keys: Sequence[str]) -> list[ObjectVersion | None]:
+    async def delete_objects(self, bucket: str, keys: Sequence[str],
+                             journal: bool = False) -> list[ObjectVersion | None]:
         """Remove many keys in one transaction; the result lines up with ``keys``."""
 
     async def list_objects(self, bucket: str, start: str, inclusive: bool, end: str | None,
@@ -100,7 +107,7 @@ class MetaStore(Protocol):
         """Uploads ordered by (key, upload_id), after (key_marker, upload_id_marker)."""
 
     async def complete_upload(self, upload_id: str, version: ObjectVersion, used_parts: Sequence[int],
-                              condition: WriteCondition | None = None) -> ObjectVersion | None:
+                              condition: WriteCondition | None = None, journal: bool = False) -> ObjectVersion | None:
         """Atomically: the upload must still exist (NoSuchUpload) and have exactly the used parts with the
         blobs named in ``version.extents``; the version becomes current (conditions as in put_object), the
         upload and its parts are removed and the unused parts' blobs become garbage. Returns the replaced
@@ -118,3 +125,105 @@ class MetaStore(Protocol):
 
     async def referenced_blobs(self) -> set[str]:
         """Every blob id a row refers to (objects, parts) or that waits as garbage: for fsck."""
+
+    # tiering: links and checkpoint groups (tests/contract/test_metastore_tiering.py) --------------------
+    async def put_link(self, link: Link) -> None:
+        """Insert or replace a bucket's link; ``created`` is stamped anew on every link (it names the link's
+        settings for caches). Raises NoSuchBucket."""
+
+    async def get_link(self, bucket: str) -> Link | None: ...
+
+    async def list_links(self) -> list[Link]: ...
+
+    async def delete_link(self, bucket: str) -> bool:
+        """Refused (InvalidRequest) while the bucket has journaled writes. Absent rows go (they cannot be read
+        without the link); warm rows stay as local objects."""
+
+    async def put_group(self, group: CheckpointGroup) -> None: ...
+
+    async def list_groups(self, bucket: str) -> list[CheckpointGroup]: ...
+
+    async def delete_group(self, bucket: str, prefix: str) -> bool: ...
+
+    # tiering: cold objects, fills, eviction, pins
+    async def record_cold_version(self, version: ObjectVersion, expect: str | None) -> ObjectVersion | None:
+        """Make a version read from the cold store current if the key's row is still ``expect`` (None: no row)
+        and the key has no journal entry; otherwise change nothing. Returns the row in effect afterwards."""
+
+    async def start_fill(self, bucket: str, key: str, version_id: str, blob_id: str, block_size: int,
+                         warm_seq: int) -> ObjectVersion | None:
+        """absent -> partial with an empty block map backed by ``blob_id``; no change if no longer absent."""
+
+    async def get_fill(self, version_id: str) -> tuple[int, bytes] | None:
+        """(block size, bitmap) of a partial version; None once resident or gone."""
+
+    async def mark_filled(self, bucket: str, key: str, version_id: str, blocks: Sequence[int]) -> str | None:
+        """Record durable blocks; the version turns resident when all are. Returns the residency, or None if
+        the version is no longer current."""
+
+    async def set_cold_identity(self, bucket: str, key: str, version_id: str, cold_etag: str,
+                                cold_mtime: float) -> None: ...
+
+    async def resident_bytes(self) -> int: ...
+
+    async def eviction_candidates(self, after_seq: int, limit: int) -> list[tuple]:
+        """(bucket, key, version_id, warm_seq, visited, size, evictable) of warm versions of linked buckets in
+        warm_seq order after ``after_seq``; evictable is false for dirty or pinned versions."""
+
+    async def set_visited(self, keys: Sequence[tuple[str, str, str]], visited: bool) -> None: ...
+
+    async def evict(self, bucket: str, key: str, version_id: str) -> int:
+        """Drop the warm bytes of a clean, unpinned version with a cold identity (it becomes absent; its blob
+        becomes garbage). Returns the bytes freed, 0 when refused."""
+
+    async def pin(self, bucket: str, key: str, until: float) -> bool: ...
+
+    async def pinned_bytes(self, bucket: str | None = None) -> int: ...
+
+    # tiering: the write-back journal
+    async def take_drain(self, limit: int, lease: float) -> list[DrainEntry]:
+        """Claim due entries, oldest first, for ``lease`` seconds."""
+
+    async def finish_drain(self, entry: DrainEntry, uploaded_modified: float | None = None) -> bool:
+        """Remove the entry if it still names the drained write (and, for a put, the uploaded metadata);
+        otherwise make the newer entry due at once and return False."""
+
+    async def release_drain(self, entry: DrainEntry, delay: float, error: str = "") -> None: ...
+
+    async def reset_drain_claims(self) -> int: ...
+
+    async def get_drain(self, bucket: str, key: str) -> DrainEntry | None: ...
+
+    async def drain_pending_in(self, bucket: str, prefix: str, except_key: str) -> bool: ...
+
+    async def drain_backlog(self, bucket: str | None = None) -> tuple[int, int, float | None]:
+        """(entries, bytes, time of the oldest undrained write or None)."""
+
+    async def list_drain(self, bucket: str, limit: int = 1000) -> list[DrainEntry]: ...
+
+    async def get_flag(self, name: str) -> int: ...
+
+    async def set_flag(self, name: str, value: int) -> None: ...
+
+    # tiering: index import
+    async def list_versions(self, bucket: str, start: str, inclusive: bool, end: str | None,
+                            limit: int) -> list[ObjectVersion]: ...
+
+    async def apply_cold_listing(self, bucket: str, upserts: Sequence[tuple[ObjectVersion, str | None]],
+                                 removals: Sequence[tuple[str, str]]) -> int:
+        """One transaction: upserts as record_cold_version, removals drop clean rows still at that version."""
+
+    # jobs
+    async def create_job(self, job: Job) -> None: ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def list_jobs(self, limit: int = 100, active_only: bool = False) -> list[Job]: ...
+
+    async def claim_job(self, owner: str, lease: float) -> Job | None:
+        """The most urgent queued job, or a running one whose lease expired, now running for ``owner``."""
+
+    async def update_job(self, job_id: str, *, owner: str | None = None, lease: float = 0.0,
+                         state: str | None = None, progress: dict | None = None, error: str | None = None) -> str:
+        """Record progress and renew the lease while ``owner`` holds it; returns the state (it may have become
+        'cancelled'), 'lost' if another owner holds it, 'gone' if it does not exist."""

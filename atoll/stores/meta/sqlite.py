@@ -983,7 +983,7 @@ class SqliteMetaStore:
             conn.execute("UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, updated = ? "
                          "WHERE job_id = ?", (owner, now + lease, now, row[0]))
             job = _row_to_job(row)
-            job.state = "running"
+            job.state, job.owner = "running", owner
             return job
         return await self._write(op)
 
