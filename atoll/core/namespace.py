@@ -260,12 +260,16 @@ class Namespace:
         warm, as an iterator that fills it on the way. Retries if an overwrite won the race for the blob."""
         for attempt in (0, 1, 2):
             version = await self.head_object(identity, bucket, key)
+            link = None
+            if self.tier is not None and version.residency != RESIDENT:
+                link = await self.tier.link(bucket)
+                if link is not None:
+                    version = await self.tier.with_attributes(link, version)
             if conditions is not None and not conditions.empty:
                 check_conditions(conditions, version.etag, version.last_modified)
             start, end = byte_range(version)
             if self.tier is not None:
                 if version.residency != RESIDENT:
-                    link = await self.tier.link(bucket)
                     if link is not None:
                         try:
                             stream = await self.tier.read(link, version, start, end)

@@ -222,7 +222,7 @@ def test_sync_index_imports_incrementally_then_lists_locally(server, cold):
         delete_cold(cold, key)
         del objects[key]
     objects["flat-07"] = b"changed in the cold store"
-    cold.put("flat-07", objects["flat-07"])
+    cold.put("flat-07", objects["flat-07"], content_type="text/csv", metadata={"origin": "cold"})
     third = sync_index(server, bucket)
     assert (third["added"], third["removed"], third["updated"], third["unchanged"]) == (3, 2, 1, 47)
 
@@ -236,7 +236,10 @@ def test_sync_index_imports_incrementally_then_lists_locally(server, cold):
     assert head["ContentLength"] == len(objects["set/2/obj-010"])
     assert cold.proxy.requests() == []  # listings and the HEAD answered from the index
 
-    assert s3.get_object(Bucket=bucket, Key="flat-07")["Body"].read() == objects["flat-07"]
+    # Listings carry no content type or metadata: the first GET of an imported key reads them (one HEAD).
+    got = s3.get_object(Bucket=bucket, Key="flat-07")
+    assert got["Body"].read() == objects["flat-07"]
+    assert (got["ContentType"], got["Metadata"]) == ("text/csv", {"origin": "cold"})
     assert s3.get_object(Bucket=bucket, Key="set/2/obj-010")["Body"].read() == objects["set/2/obj-010"]
     assert len(cold.proxy.requests("GET")) >= 2  # read through from the cold store
     # A local write shows up in the synced listing at once; once drained, the cold identity it recorded is the

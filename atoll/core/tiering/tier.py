@@ -225,6 +225,25 @@ class Tiering:
 
         return await self._lookups.run(("revalidate", version.version_id), ask)
 
+    async def with_attributes(self, link: Link, version: ObjectVersion) -> ObjectVersion:
+        """An absent version imported from a listing has no content type or user metadata (listings carry
+        none): before its first GET answers, read them with one cold HEAD and record them. HEADs of such keys
+        stay index-only."""
+        if version.residency != ABSENT or "content-type" in version.headers:
+            return version
+
+        async def ask() -> ObjectVersion:
+            cold = await self.store(link).head_with_attributes(version.key, Traffic.DEMAND)
+            if cold is None or cold.etag != version.cold_etag:
+                # Gone or changed: the fill's If-Match will find out and record what the cold store has now.
+                return version
+            recorded = await self.meta.record_cold_version(
+                self.version_from_cold(link.bucket, version.owner_id, cold, version_id=version.version_id),
+                version.version_id)
+            return recorded if recorded is not None and recorded.version_id == version.version_id else version
+
+        return await self._lookups.run(("attributes", version.version_id), ask)
+
     async def replace_changed(self, link: Link, version: ObjectVersion) -> None:
         """A fill found the cold object changed under it: record what the cold store has now."""
         self._revalidated.pop(version.version_id, None)

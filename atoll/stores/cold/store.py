@@ -98,6 +98,9 @@ def cold_path(key: str) -> str:
     if not key or key.startswith("/") or key.endswith("/"):
         raise errors.InvalidArgument("This key cannot be stored in the bucket's cold store: cold-store paths "
                                      "cannot begin or end with '/'.", key=key[:64])
+    if any(ord(c) < 0x20 or c == "\x7f" for c in key):
+        raise errors.InvalidArgument("This key cannot be stored in the bucket's cold store: cold-store paths "
+                                     "have no control characters.", key=key[:64])
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise errors.InvalidArgument("This key cannot be stored in the bucket's cold store: cold-store "
