@@ -152,6 +152,24 @@ def _row_to_job(row: Sequence[Any]) -> Job:
                created=row[6], updated=row[7], progress=json.loads(row[8]), error=row[9], owner=row[10])
 
 
+def _row_to_drain(row: Sequence[Any]) -> DrainEntry:
+    return DrainEntry(bucket=row[0], key=row[1], op=row[2], version_id=row[3], size=row[4], since=row[5],
+                      attempts=row[6], last_error=row[7])
+
+
+def _key_range_query(columns: str, bucket: str, start: str, inclusive: bool, end: str | None,
+                     limit: int) -> tuple[str, list[Any]]:
+    """One index seek: keys after ``start`` (or from it when inclusive) and before ``end``, in key order."""
+    sql = f"SELECT {columns} FROM objects WHERE bucket = ? AND key {'>=' if inclusive else '>'} ?"
+    params: list[Any] = [bucket, start]
+    if end is not None:
+        sql += " AND key < ?"
+        params.append(end)
+    sql += " ORDER BY key LIMIT ?"
+    params.append(limit)
+    return sql, params
+
+
 def _row_to_upload(row: Sequence[Any]) -> Upload:
     attrs = json.loads(row[5])
     return Upload(upload_id=row[0], bucket=row[1], key=row[2], initiated=row[3], owner_id=row[4],
@@ -501,14 +519,8 @@ class SqliteMetaStore:
 
     async def list_objects(self, bucket: str, start: str, inclusive: bool, end: str | None,
                            limit: int) -> list[ListEntry]:
-        op = ">=" if inclusive else ">"
-        sql = f"SELECT key, size, etag, last_modified, owner_id FROM objects WHERE bucket = ? AND key {op} ?"
-        params: list[Any] = [bucket, start]
-        if end is not None:
-            sql += " AND key < ?"
-            params.append(end)
-        sql += " ORDER BY key LIMIT ?"
-        params.append(limit)
+        sql, params = _key_range_query("key, size, etag, last_modified, owner_id", bucket, start, inclusive, end,
+                                       limit)
         if limit <= 64:
             rows = self._reader.execute(sql, params).fetchall()
         else:
@@ -841,7 +853,7 @@ class SqliteMetaStore:
                                 (now, limit)).fetchall()
             conn.executemany("UPDATE drain SET not_before = ? WHERE bucket = ? AND key = ?",
                              [(now + lease, r[0], r[1]) for r in rows])
-            return [DrainEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+            return [_row_to_drain(r) for r in rows]
         return await self._write(op)
 
     async def finish_drain(self, entry: DrainEntry, uploaded_modified: float | None = None) -> bool:
@@ -888,7 +900,7 @@ class SqliteMetaStore:
 
     async def get_drain(self, bucket: str, key: str) -> DrainEntry | None:
         r = self._reader.execute("SELECT * FROM drain WHERE bucket = ? AND key = ?", (bucket, key)).fetchone()
-        return DrainEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) if r else None
+        return _row_to_drain(r) if r else None
 
     async def drain_pending_in(self, bucket: str, prefix: str, except_key: str) -> bool:
         """Whether any journaled write other than ``except_key`` waits under ``prefix``."""
@@ -910,20 +922,13 @@ class SqliteMetaStore:
     async def list_drain(self, bucket: str, limit: int = 1000) -> list[DrainEntry]:
         rows = await self._read_in_pool(lambda c: c.execute(
             "SELECT * FROM drain WHERE bucket = ? ORDER BY key LIMIT ?", (bucket, limit)).fetchall())
-        return [DrainEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+        return [_row_to_drain(r) for r in rows]
 
     # tiering: index import -------------------------------------------------------------------------------
     async def list_versions(self, bucket: str, start: str, inclusive: bool, end: str | None,
                             limit: int) -> list[ObjectVersion]:
         """Like list_objects, with whole versions (for comparing the index against a cold listing)."""
-        op = ">=" if inclusive else ">"
-        sql = f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key {op} ?"
-        params: list[Any] = [bucket, start]
-        if end is not None:
-            sql += " AND key < ?"
-            params.append(end)
-        sql += " ORDER BY key LIMIT ?"
-        params.append(limit)
+        sql, params = _key_range_query(_OBJECT_COLUMNS, bucket, start, inclusive, end, limit)
         return [_row_to_version(r) for r in await self._read_in_pool(lambda c: c.execute(sql, params).fetchall())]
 
     async def apply_cold_listing(self, bucket: str, upserts: Sequence[tuple[ObjectVersion, str | None]],
