@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: serve test test-deps bench install clean
+.PHONY: serve test test-deps bench soak install clean
 
 $(VENV)/.created:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || (bash scripts/apt-install.sh python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
@@ -34,6 +34,9 @@ test: test-deps
 
 bench: $(VENV)/.test-installed
 	bash bench/run.sh
+
+soak: test-deps
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) atoll-data .pytest_cache

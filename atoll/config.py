@@ -67,11 +67,21 @@ class Config:
     fill_block_size: int = 8 << 20
     fill_parallelism: int = 8  # ranged cold reads in flight per filling object
     drain_concurrency: int = 8
-    drain_bandwidth: int = 0  # bytes/s over all drains; 0 = no cap
+    drain_bandwidth: int = 0  # bytes/s of drain uploads per cold endpoint; 0 = no cap
     stage_concurrency: int = 16
-    cold_connect_timeout: float = 5.0
-    cold_first_byte_timeout: float = 10.0
-    cold_stall_timeout: float = 30.0
+    cold_connect_timeout: float = 3.0
+    cold_first_byte_timeout: float = 3.0  # per attempt, and the longest a client waits on the WAN for a miss
+    cold_stall_timeout: float = 30.0  # a flowing cold transfer whose bytes stop this long is cut
+    cold_retries: int = 2  # extra attempts of idempotent cold requests (full-jitter backoff, within deadlines)
+    breaker_failures: int = 3  # consecutive cold failures that declare the link down (calls then fail at once)
+    breaker_cooldown: float = 2.0  # seconds before the first probe of a down link; doubles up to the max
+    breaker_max_cooldown: float = 30.0
+    degraded_latency: float = 1.0  # mean cold request latency (s) above which a link is reported degraded
+    demand_concurrency: int = 64  # cold transfers for client misses at once, per cold endpoint
+    demand_bandwidth: int = 0  # bytes/s per cold endpoint and class; 0 = no cap
+    stage_bandwidth: int = 0
+    wan_aging: float = 5.0  # longest a lower-priority transfer yields to a higher class, per chunk
+    writethrough_on_partition: str = "refuse"  # refuse (503 at once) | writeback (journal, drain after heal)
     negative_ttl: float = 5.0  # cold 404 answers are remembered this long
     cold_options: Mapping[str, str] = field(default_factory=dict)  # [cold] table: default obstore settings
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -130,6 +140,17 @@ _SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "cold_first_byte_timeout": (float, ("tiering", "cold_first_byte_timeout"), "ATOLL_COLD_FIRST_BYTE_TIMEOUT"),
     "cold_stall_timeout": (float, ("tiering", "cold_stall_timeout"), "ATOLL_COLD_STALL_TIMEOUT"),
     "negative_ttl": (float, ("tiering", "negative_ttl"), "ATOLL_NEGATIVE_TTL"),
+    "cold_retries": (int, ("tiering", "cold_retries"), "ATOLL_COLD_RETRIES"),
+    "breaker_failures": (int, ("tiering", "breaker_failures"), "ATOLL_BREAKER_FAILURES"),
+    "breaker_cooldown": (float, ("tiering", "breaker_cooldown"), "ATOLL_BREAKER_COOLDOWN"),
+    "breaker_max_cooldown": (float, ("tiering", "breaker_max_cooldown"), "ATOLL_BREAKER_MAX_COOLDOWN"),
+    "degraded_latency": (float, ("tiering", "degraded_latency"), "ATOLL_DEGRADED_LATENCY"),
+    "demand_concurrency": (int, ("tiering", "demand_concurrency"), "ATOLL_DEMAND_CONCURRENCY"),
+    "demand_bandwidth": (int, ("tiering", "demand_bandwidth"), "ATOLL_DEMAND_BANDWIDTH"),
+    "stage_bandwidth": (int, ("tiering", "stage_bandwidth"), "ATOLL_STAGE_BANDWIDTH"),
+    "wan_aging": (float, ("tiering", "wan_aging"), "ATOLL_WAN_AGING"),
+    "writethrough_on_partition": (str, ("tiering", "writethrough_on_partition"),
+                                  "ATOLL_WRITETHROUGH_ON_PARTITION"),
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -257,12 +278,22 @@ def validate(config: Config) -> list[str]:
                         f"{config.low_watermark}/{config.high_watermark}")
     if not (64 << 10) <= config.fill_block_size <= (1 << 30):
         problems.append(f"fill_block_size: expected 64 KiB to 1 GiB, got {config.fill_block_size}")
-    for name in ("fill_parallelism", "drain_concurrency", "stage_concurrency"):
+    for name in ("fill_parallelism", "drain_concurrency", "stage_concurrency", "demand_concurrency",
+                 "breaker_failures"):
         if not 1 <= getattr(config, name) <= 1024:
             problems.append(f"{name}: expected 1 to 1024, got {getattr(config, name)}")
-    if config.drain_bandwidth < 0:
-        problems.append(f"drain_bandwidth: expected bytes/s >= 0, got {config.drain_bandwidth}")
-    for name in ("cold_connect_timeout", "cold_first_byte_timeout", "cold_stall_timeout", "negative_ttl"):
+    for name in ("drain_bandwidth", "demand_bandwidth", "stage_bandwidth"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name}: expected bytes/s >= 0, got {getattr(config, name)}")
+    if not 0 <= config.cold_retries <= 10:
+        problems.append(f"cold_retries: expected 0 to 10, got {config.cold_retries}")
+    if config.writethrough_on_partition not in ("refuse", "writeback"):
+        problems.append(f"writethrough_on_partition: expected refuse or writeback, got "
+                        f"{config.writethrough_on_partition!r}")
+    if config.breaker_max_cooldown < config.breaker_cooldown:
+        problems.append("breaker_max_cooldown: expected at least breaker_cooldown")
+    for name in ("cold_connect_timeout", "cold_first_byte_timeout", "cold_stall_timeout", "negative_ttl",
+                 "breaker_cooldown", "degraded_latency", "wan_aging"):
         if getattr(config, name) <= 0:
             problems.append(f"{name}: expected a positive number of seconds, got {getattr(config, name)}")
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):

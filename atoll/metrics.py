@@ -24,3 +24,5 @@ DRAINED_BYTES = Counter("atoll_drained_bytes", "Bytes uploaded by the drain")
 DRAIN_FAILURES = Counter("atoll_drain_failures", "Drain attempts that failed and will be retried")
 STAGED = Counter("atoll_staged", "Objects made resident by staging jobs")
 STAGED_BYTES = Counter("atoll_staged_bytes", "Bytes fetched by staging jobs")
+WRITETHROUGH_DEGRADED = Counter("atoll_writethrough_degraded", "Write-through writes journaled for the drain "
+                                "because the cold store was unreachable", ["bucket"])

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -57,6 +58,8 @@ class AtollProcess:
     # Every server gets its own admin port (the default 9001 would make concurrent servers collide).
     admin_port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Rewrites the server's command line, e.g. to start it in a mount namespace of its own (see test_disk_full).
+    wrap: Callable[[list[str]], list[str]] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -78,9 +81,10 @@ class AtollProcess:
         self.log_path = os.path.join(self.data_dir + "-logs", "server.log")
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         log = open(self.log_path, "ab")
+        argv = [ATOLL, "serve", "--data-dir", self.data_dir, "--s3-address", f"127.0.0.1:{self.port}",
+                "--workers", str(self.workers), *self.extra_args]
         self.proc = subprocess.Popen(
-            [ATOLL, "serve", "--data-dir", self.data_dir, "--s3-address", f"127.0.0.1:{self.port}",
-             "--workers", str(self.workers), *self.extra_args],
+            self.wrap(argv) if self.wrap else argv,
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

@@ -6,7 +6,7 @@ is a 4xx ``{"error": {"code", "message"}}`` and never echoes a secret. Operator 
 ``atoll.core.tiering.admin``, the same functions the CLI calls.
 
     GET    /metrics                          Prometheus text format
-    GET    /api/v1/status                    version, uptime, warm tier, drain, cold stores, linked buckets
+    GET    /api/v1/status                    version, uptime, warm tier, drain, cold endpoints, linked buckets
     GET    /api/v1/buckets/{bucket}          a bucket's tiering status
     PUT    /api/v1/buckets/{bucket}/link     {url, mode, revalidate?, options?, check?}
     DELETE /api/v1/buckets/{bucket}/link
@@ -153,7 +153,7 @@ def _unknown_fields(body: dict, allowed: tuple[str, ...]) -> None:
 # the application --------------------------------------------------------------------------------------------
 class AdminApp:
     def __init__(self, ns: Namespace, token: str, *, started: float, workers: int = 1,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None, peers_dir: str | None = None) -> None:
         if ns.tier is None:
             raise ValueError("the admin API needs a namespace with tiering")
         self.ns = ns
@@ -162,6 +162,7 @@ class AdminApp:
         self.started = started
         self.workers = workers
         self.access_log = access_log
+        self.peers_dir = peers_dir  # where the other workers publish their cold-endpoint health
         bucket = r"(?P<bucket>[^/]+)"
         self._routes: list[tuple[re.Pattern, str, dict[str, Handler]]] = [
             (re.compile(r"/metrics"), "metrics", {"GET": self.metrics}),
@@ -219,7 +220,7 @@ class AdminApp:
 
     # handlers ---------------------------------------------------------------------------------------------
     async def metrics(self, request: Request, params: dict) -> Response:
-        snapshot = await exporter.take_snapshot(self.tier, self.started)
+        snapshot = await exporter.take_snapshot(self.tier, self.started, self.peers_dir)
         text = await run_io(exporter.render, snapshot)
         return Response(status=200, body=text, headers=[("Content-Type", exporter.CONTENT_TYPE),
                                                         ("Cache-Control", "no-store")])
@@ -229,14 +230,13 @@ class AdminApp:
         return json_response(200, {
             "version": __version__, "started": self.started, "uptime_seconds": round(now - self.started, 3),
             "workers": self.workers,
-            "warm": await status.warm_status(self.tier),
-            "drain": await status.drain_status(self.tier),
-            "cold_stores": await status.cold_stores(self.tier),
-            "buckets": await status.linked_buckets(self.tier),
+            **await status.server_status(self.tier, self.peers_dir),
         })
 
     async def bucket(self, request: Request, params: dict) -> Response:
-        return json_response(200, await status.bucket_status(self.tier, params["bucket"]))
+        view = await status.bucket_status(self.tier, params["bucket"])
+        return json_response(200, status.with_health(view, await status.cold_health(self.tier, self.peers_dir),
+                                                     await status.bucket_counts()))
 
     async def link(self, request: Request, params: dict) -> Response:
         body = await _json_body(request)

@@ -2,27 +2,26 @@
 
 Counters and histograms are per process; under ``atoll serve`` every worker writes them to files in
 ``PROMETHEUS_MULTIPROC_DIR`` and ``MultiProcessCollector`` sums them here. Gauges that describe shared state
-(warm usage, drain backlog) are read from the metadata store when Prometheus scrapes, so they are never stale;
-cold-store health is the primary worker's view (it runs the drain and the jobs; see atoll.admin.status).
+(warm usage, drain backlog, per-bucket resident and pinned bytes) are read from the metadata store when
+Prometheus scrapes, so they are never stale; cold-endpoint health is every worker's view merged (see
+atoll.admin.endpoints and atoll.admin.peerhealth); hit ratios come from the summed hit and miss counters.
 
-Scraping is two steps: the async part reads the store into a ``Snapshot`` on the event loop, then
-``render`` (which reads the workers' files) runs in a thread.
+Scraping is two steps: the async part reads the store and the workers' health into a ``Snapshot`` on the
+event loop, then ``render`` (which reads the workers' counter files) runs in a thread.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from atoll import __version__
 from atoll.admin import status
-from atoll.admin.multiproc import ENV as MULTIPROC_ENV
+from atoll.admin.bucketcounts import bucket_counts, collect_families, hit_ratio
 
 if TYPE_CHECKING:
     from atoll.core.tiering.tier import Tiering
@@ -36,28 +35,36 @@ class Snapshot:
     warm: dict = field(default_factory=dict)
     drain_paused: bool = False
     backlog: dict[str, dict] = field(default_factory=dict)  # bucket -> backlog_view
-    stores: list[dict] = field(default_factory=list)  # status.store_view of each link
+    resident: dict[str, int] = field(default_factory=dict)  # bucket -> resident bytes
+    pinned: dict[str, int] = field(default_factory=dict)  # bucket -> pinned bytes
+    endpoints: list[dict] = field(default_factory=list)  # merged views of the links' endpoints
+    stores: list[dict] = field(default_factory=list)  # status.cold_stores: each link with its endpoint's numbers
 
 
-async def take_snapshot(tier: "Tiering", started: float) -> Snapshot:
+async def take_snapshot(tier: "Tiering", started: float, peers_dir: str | None = None) -> Snapshot:
     meta = tier.meta
     snapshot = Snapshot(started=started, drain_paused=bool(await meta.get_flag("drain_paused")))
     capacity = tier.capacity()
     snapshot.warm = {"capacity": capacity, "resident": await meta.resident_bytes(),
                      "pinned": await meta.pinned_bytes()}
-    for link in await meta.list_links():
+    health = await status.cold_health(tier, peers_dir)
+    for link in health.links:
         snapshot.backlog[link.bucket] = status.backlog_view(*await meta.drain_backlog(link.bucket))
-        store = status.store_of(tier, link)
-        if store is not None:
-            snapshot.stores.append(status.store_view(link.bucket, store))
+        snapshot.resident[link.bucket] = await meta.resident_bytes(link.bucket)
+        snapshot.pinned[link.bucket] = await meta.pinned_bytes(link.bucket)
+    snapshot.endpoints = health.endpoints
+    snapshot.stores = [view for view in status.cold_stores(health) if view["endpoint"] is not None]
     return snapshot
 
 
 class TierGauges(Collector):
-    """The snapshot as Prometheus families (names carry their units, label sets are bounded by the links)."""
+    """The snapshot as Prometheus families (names carry their units, label sets are bounded by the links:
+    bucket names of linked buckets, endpoint keys of their endpoints). ``counts``: per-bucket read counts summed
+    over the workers (atoll.admin.bucketcounts)."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, counts: dict[str, dict[str, int]] | None = None) -> None:
         self.snapshot = snapshot
+        self.counts = counts or {}
 
     def collect(self) -> Iterator[Metric]:
         s = self.snapshot
@@ -80,11 +87,27 @@ class TierGauges(Collector):
         age = GaugeMetricFamily("atoll_drain_backlog_oldest_age_seconds",
                                 "Age of the oldest undrained write (the recovery point); 0 when none",
                                 labels=["bucket"])
+        recovery = GaugeMetricFamily("atoll_drain_recovery_point_seconds",
+                                     "Age of the oldest write not yet in the cold store: what losing the warm "
+                                     "tier would cost; 0 when none", labels=["bucket"])
+        resident = GaugeMetricFamily("atoll_bucket_resident_bytes", "Bytes of the bucket held by the warm tier",
+                                     labels=["bucket"])
+        pinned = GaugeMetricFamily("atoll_bucket_pinned_bytes", "Resident bytes of the bucket pinned against "
+                                   "eviction", labels=["bucket"])
+        hits = GaugeMetricFamily("atoll_bucket_hit_ratio", "Reads answered from the warm tier / all reads, since "
+                                 "the server started (absent before the first read)", labels=["bucket"])
         for bucket, backlog in sorted(s.backlog.items()):
             objects.add_metric([bucket], backlog["objects"])
             size.add_metric([bucket], backlog["bytes"])
             age.add_metric([bucket], backlog["oldest_age_seconds"])
-        yield from (objects, size, age)
+            recovery.add_metric([bucket], backlog["oldest_age_seconds"])
+            resident.add_metric([bucket], s.resident.get(bucket, 0))
+            pinned.add_metric([bucket], s.pinned.get(bucket, 0))
+            ratio = hit_ratio(self.counts.get(bucket))
+            if ratio is not None:
+                hits.add_metric([bucket], ratio)
+        yield from (objects, size, age, recovery, resident, pinned, hits)
+        yield from self._endpoints()
 
         labels = ["bucket", "store"]
         state = GaugeMetricFamily("atoll_cold_store_state", "0 healthy, 1 degraded, 2 partitioned", labels=labels)
@@ -115,21 +138,50 @@ class TierGauges(Collector):
                 moved.add_metric([*key, traffic, "written"], stats["bytes_out"])
         yield from (state, failures, latency, last_ok, requests, failed, moved)
 
+    def _endpoints(self) -> Iterator[Metric]:
+        labels = ["endpoint"]
+        state = GaugeMetricFamily("atoll_cold_endpoint_state", "0 healthy, 1 degraded, 2 partitioned (breaker "
+                                  "open in any worker)", labels=labels)
+        failures = GaugeMetricFamily("atoll_cold_endpoint_consecutive_failures",
+                                     "Failed calls since the last success (the worst worker's)", labels=labels)
+        last_ok = GaugeMetricFamily("atoll_cold_endpoint_last_success_timestamp_seconds",
+                                    "Unix time of the last successful call (0: none yet)", labels=labels)
+        latency = GaugeMetricFamily("atoll_cold_endpoint_latency_seconds",
+                                    "Moving average of call latency (the slowest worker's)", labels=labels)
+        error_ratio = GaugeMetricFamily("atoll_cold_endpoint_error_ratio",
+                                        "Failed calls / calls over the last minute", labels=labels)
+        active = GaugeMetricFamily("atoll_cold_endpoint_active_transfers", "Transfers in flight by traffic class",
+                                   labels=[*labels, "traffic"])
+        rate = GaugeMetricFamily("atoll_cold_bytes_per_second", "Bytes per second to and from the endpoint over "
+                                 "the last minute, by traffic class", labels=[*labels, "traffic", "direction"])
+        for view in self.snapshot.endpoints:
+            key = [view["endpoint"]]
+            state.add_metric(key, status.STATE_CODES.get(view["state"], 2))
+            failures.add_metric(key, view["consecutive_failures"])
+            last_ok.add_metric(key, view["last_success"] or 0)
+            latency.add_metric(key, view["latency_ewma"])
+            error_ratio.add_metric(key, view["last_minute"]["error_rate"])
+            for traffic, stats in view["traffic"].items():
+                active.add_metric([*key, traffic], stats["active"])
+                rate.add_metric([*key, traffic, "read"], stats["bytes_in_per_second"])
+                rate.add_metric([*key, traffic, "written"], stats["bytes_out_per_second"])
+        yield from (state, failures, last_ok, latency, error_ratio, active, rate)
 
-class _Delegate(Collector):
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
+
+class _Collected(Collector):
+    """Families collected beforehand (so the bucket counts and the exposition come from one read of the files)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
 
     def collect(self) -> Iterator[Metric]:
-        return self.registry.collect()
+        return iter(self.families)
 
 
 def render(snapshot: Snapshot) -> bytes:
     """The text exposition (reads the workers' metric files: call it off the event loop)."""
+    families = collect_families()
     registry = CollectorRegistry(auto_describe=False)
-    if os.environ.get(MULTIPROC_ENV):
-        MultiProcessCollector(registry)
-    else:  # a server started without ``atoll serve`` (run_worker called directly): one process, its registry
-        registry.register(_Delegate(REGISTRY))
-    registry.register(TierGauges(snapshot))
+    registry.register(_Collected(families))
+    registry.register(TierGauges(snapshot, bucket_counts(families)))
     return generate_latest(registry)

@@ -1,18 +1,24 @@
 """What the admin API, ``/metrics`` and ``atoll status`` report about tiering, as plain dicts.
 
-Two sources: the metadata store (warm usage, links, backlog, pins, jobs), which any process can read, and the
-cold stores' health, which lives in the memory of the server process that talks to them (the primary worker
-runs the drain and the jobs; demand misses of other workers count in their own processes). No secret is ever
-part of an answer: link options are the plain ones (secret ones are in the secret file and only their names
-are shown), cold-store names are URLs that cannot carry credentials.
+Three sources: the metadata store (warm usage, links, backlog, resident and pinned bytes, jobs), which any
+process can read; the cold endpoints' health, which lives in the memory of each server process that talks to
+them (the primary worker's own view merged with the other workers' published views, atoll.admin.peerhealth);
+and the per-bucket read counters of every worker (atoll.admin.bucketcounts). No secret is ever part of an
+answer: link options are the plain ones (secret ones are in the secret file and only their names are shown),
+cold-store names are URLs that cannot carry credentials, endpoint keys are account names and host URLs.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from atoll import errors
+from atoll.admin import bucketcounts
+from atoll.admin.endpoints import STATES, endpoint_view, merge_views, public_key
+from atoll.admin.peerhealth import read_peer_views
 from atoll.core.ingest import run_io
 from atoll.core.models import Job, Link
 from atoll.core.tiering import admin
@@ -21,7 +27,7 @@ from atoll.stores.cold.store import ColdStore
 if TYPE_CHECKING:
     from atoll.core.tiering.tier import Tiering
 
-STATE_CODES = {"healthy": 0, "degraded": 1, "partitioned": 2}
+STATE_CODES = {state: code for code, state in enumerate(STATES)}  # misconfigured links count as partitioned
 PRIORITY_NAMES = {0: "high", 1: "normal", 2: "low"}
 
 
@@ -54,31 +60,16 @@ async def secret_option_names(tier: "Tiering", bucket: str) -> list[str]:
 
 
 async def bucket_status(tier: "Tiering", bucket: str) -> dict:
-    """One bucket's tiering view: link (without secrets), objects, backlog, checkpoint groups, pinned bytes."""
+    """One bucket's tiering view: link (without secrets), objects, backlog, checkpoint groups, resident and
+    pinned bytes. Costs a scan of the bucket's rows (counts and resident bytes)."""
     if await tier.meta.get_bucket(bucket) is None:
         raise errors.NoSuchBucket(f"no bucket named {bucket}", bucket=bucket)
     status = await admin.bucket_tiering_status(tier, bucket)
     if status["link"] is not None:
         status["link"]["secret_options"] = await secret_option_names(tier, bucket)
+    status["resident_bytes"] = await tier.meta.resident_bytes(bucket)
     status["pinned_bytes"] = await tier.meta.pinned_bytes(bucket)
     return status
-
-
-async def linked_buckets(tier: "Tiering") -> list[dict]:
-    return [await bucket_status(tier, link.bucket) for link in await tier.meta.list_links()]
-
-
-def store_view(bucket: str, store: ColdStore) -> dict:
-    h = store.health
-    return {
-        "bucket": bucket, "name": store.name, "state": h.state,
-        "contacted": bool(h.last_success or h.last_failure),
-        "last_success": h.last_success or None, "last_failure": h.last_failure or None,
-        "last_error": h.last_error or None, "consecutive_failures": h.consecutive_failures,
-        "latency_ewma": round(h.latency_ewma, 6),
-        "traffic": {name: {"requests": s.requests, "failures": s.failures, "bytes_in": s.bytes_in,
-                           "bytes_out": s.bytes_out} for name, s in h.per_class.items()},
-    }
 
 
 def store_of(tier: "Tiering", link: Link) -> ColdStore | None:
@@ -89,17 +80,98 @@ def store_of(tier: "Tiering", link: Link) -> ColdStore | None:
         return None
 
 
-async def cold_stores(tier: "Tiering") -> list[dict]:
-    """Health of every linked bucket's cold store as this process sees it."""
-    views = []
-    for link in await tier.meta.list_links():
+@dataclass(slots=True)
+class ColdHealth:
+    """The cold endpoints of the linked buckets, each merged over the workers, and which bucket uses which."""
+
+    links: list[Link] = field(default_factory=list)
+    endpoints: list[dict] = field(default_factory=list)  # merged endpoint views, each with its "buckets"
+    of_bucket: dict[str, dict | None] = field(default_factory=dict)  # bucket -> its endpoint's view (None:
+    # the link's options no longer build a client)
+
+
+async def cold_health(tier: "Tiering", peers_dir: str | None = None) -> ColdHealth:
+    """Health of the endpoints of every link: this process's view merged with the views other workers published
+    in ``peers_dir`` (None: this is the only worker). Endpoints no link uses any more are left out."""
+    health = ColdHealth(links=await tier.meta.list_links())
+    peers = await run_io(read_peer_views, peers_dir, os.getpid()) if peers_dir else []
+    used: dict[str, tuple] = {}  # public key -> (Endpoint, buckets)
+    for link in health.links:
         store = store_of(tier, link)
         if store is None:
-            views.append({"bucket": link.bucket, "name": link.url, "state": "misconfigured", "contacted": False,
-                          "last_error": "the link's options no longer build a cold-store client"})
-        else:
-            views.append(store_view(link.bucket, store))
+            health.of_bucket[link.bucket] = None
+            continue
+        entry = used.setdefault(public_key(store.endpoint.key), (store.endpoint, []))
+        entry[1].append(link.bucket)
+    for key, (endpoint, buckets) in sorted(used.items()):
+        view = merge_views([endpoint_view(endpoint), *(v for peer in peers for v in peer if v["endpoint"] == key)])
+        view["buckets"] = sorted(buckets)
+        health.endpoints.append(view)
+        for bucket in buckets:
+            health.of_bucket[bucket] = view
+    return health
+
+
+def cold_stores(health: ColdHealth) -> list[dict]:
+    """Per link, its endpoint's state and numbers (shared by every link to that endpoint)."""
+    views = []
+    for link in health.links:
+        view = health.of_bucket.get(link.bucket)
+        if view is None:
+            views.append({"bucket": link.bucket, "name": link.url, "endpoint": None, "state": "misconfigured",
+                          "contacted": False, "last_error": "the link's options no longer build a cold-store client"})
+            continue
+        views.append({
+            "bucket": link.bucket, "name": link.url, "endpoint": view["endpoint"], "state": view["state"],
+            "contacted": view["contacted"], "last_success": view["last_success"],
+            "last_failure": view["last_failure"], "last_error": view["last_error"],
+            "consecutive_failures": view["consecutive_failures"], "latency_ewma": view["latency_ewma"],
+            "traffic": {name: {k: stats[k] for k in ("requests", "failures", "bytes_in", "bytes_out")}
+                        for name, stats in view["traffic"].items()},
+        })
     return views
+
+
+async def bucket_counts() -> dict[str, dict[str, int]]:
+    """Reads (hits, misses) and degraded write-through writes per bucket, summed over every worker."""
+    return bucketcounts.bucket_counts(await run_io(bucketcounts.collect_families))
+
+
+def with_health(status: dict, health: ColdHealth | None, counts: dict[str, dict[str, int]] | None) -> dict:
+    """A bucket's status plus its endpoint and its endpoint's state (with ``health``) and its read counts (with
+    ``counts``); fields stay null where that source is not at hand (the CLI without a server)."""
+    bucket = status["bucket"]
+    view = health.of_bucket.get(bucket) if health is not None else None
+    misconfigured = health is not None and status["link"] is not None and view is None
+    status["endpoint"] = view["endpoint"] if view else None
+    status["endpoint_state"] = "misconfigured" if misconfigured else view["state"] if view else None
+    mine = (counts or {}).get(bucket)
+    linked = counts is not None and status["link"] is not None
+    reads = (mine or dict.fromkeys(bucketcounts.FIELDS.values(), 0)) if linked else {}
+    status["hits"], status["misses"] = reads.get("hits"), reads.get("misses")
+    status["hit_ratio"] = bucketcounts.hit_ratio(mine)
+    status["writethrough_degraded"] = reads.get("writethrough_degraded")
+    return status
+
+
+async def linked_buckets(tier: "Tiering", health: ColdHealth | None = None,
+                         counts: dict[str, dict[str, int]] | None = None) -> list[dict]:
+    views = []
+    for link in health.links if health is not None else await tier.meta.list_links():
+        try:
+            views.append(with_health(await bucket_status(tier, link.bucket), health, counts))
+        except errors.NoSuchBucket:
+            continue  # deleted since the links were listed
+    return views
+
+
+async def server_status(tier: "Tiering", peers_dir: str | None = None) -> dict:
+    """What the admin API's status answers (besides version and uptime)."""
+    health = await cold_health(tier, peers_dir)
+    counts = await bucket_counts()
+    return {"warm": await warm_status(tier), "drain": await drain_status(tier),
+            "cold_endpoints": health.endpoints, "cold_stores": cold_stores(health),
+            "buckets": await linked_buckets(tier, health, counts)}
 
 
 def job_view(job: Job) -> dict:

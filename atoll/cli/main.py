@@ -381,6 +381,7 @@ def bucket_sync_index(
 # Command groups kept in their own modules register themselves on ``app`` when imported (after everything above).
 from atoll.cli import status as _status  # noqa: E402,F401 - atoll status, atoll drain
 from atoll.cli import jobs as _jobs  # noqa: E402,F401 - atoll stage, atoll jobs
+from atoll.cli import fsck as _fsck  # noqa: E402,F401 - atoll fsck
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
 """``atoll status``, ``atoll drain pause|resume`` and the tiering part of ``atoll bucket show``.
 
-Warm usage, links, backlog and pins are read from the data directory's metadata store, so they are shown with or
-without a server. Cold-store health exists only in the running server's memory: ``atoll status`` asks the admin
-API for it and says so plainly when no server answers. Heavy modules are imported inside the commands: this
-module is imported with the CLI, before ``atoll serve`` has set up prometheus_client's multiprocess mode.
+``atoll status`` shows the running server's admin API status document; when no server answers it says so and
+shows what the data directory's metadata store knows (warm usage, links, backlog, resident and pinned bytes):
+cold-store health and hit ratios exist only in the server's memory. Heavy modules are imported inside the
+commands: this module is imported with the CLI, before ``atoll serve`` has set up prometheus_client's
+multiprocess mode.
 """
 
 from __future__ import annotations
@@ -94,38 +95,59 @@ async def local_status(ns) -> dict:
             "buckets": await status.linked_buckets(ns.tier)}
 
 
+def collect_report(config: Config, url: str | None, token: str | None) -> dict[str, Any]:
+    """The admin API's status document with a ``server`` entry; without a server, what the metadata store knows
+    (warm tier, drain, buckets) and why the rest is missing."""
+    server: dict[str, Any] = {"url": url, "reachable": False, "error": None}
+    if url is None:
+        server["error"] = "the admin API is off (admin_address = off): cold-store health is not available"
+    else:
+        answer, problem = ask_server(url, token)
+        if answer is not None:
+            server.update(reachable=True, version=answer.get("version"), uptime_seconds=answer.get("uptime_seconds"),
+                          workers=answer.get("workers"))
+            return {**answer, "server": server}
+        server["error"] = problem
+    report: dict[str, Any] = _with_store(config, local_status)
+    return {**report, "server": server, "cold_endpoints": [], "cold_stores": []}
+
+
 @app.command("status")
 def status_command(
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the admin API's status document "
+                                 "plus a 'server' entry)."),
+    watch: Optional[float] = typer.Option(None, "--watch", help="Refresh every N seconds until Ctrl-C (with "
+                                          "--json: one JSON object per line)."),
     admin_url: Optional[str] = typer.Option(None, "--admin", help="Admin API URL of the server (default: from "
                                             "admin_address, http://127.0.0.1:9001)."),
     config_file: Optional[str] = ConfigOpt,
     data_dir: Optional[str] = DataDirOpt,
 ) -> None:
-    """Warm tier usage, cold stores and their state, and per linked bucket: backlog and recovery point."""
+    """Warm tier usage; each cold store's state, error rate, latency and bandwidth by traffic class; per linked
+    bucket: backlog, recovery point, hit ratio, resident and pinned bytes."""
     from atoll.admin.token import read_token
 
+    if watch is not None and not 0 < watch < 86400:
+        console.print("[red]--watch takes a number of seconds above 0[/]", highlight=False)
+        raise typer.Exit(2)
     config = _config(config_file, data_dir=data_dir)
-    report: dict[str, Any] = _with_store(config, local_status)
     url = admin_url or default_admin_url(config)
-    server: dict[str, Any] = {"url": url, "reachable": False, "error": None}
-    cold_stores: list[dict] = []
-    if url is None:
-        server["error"] = "the admin API is off (admin_address = off): cold-store health is not available"
-    else:
-        answer, problem = ask_server(url, read_token(config))
-        if answer is None:
-            server["error"] = problem
-        else:
-            server.update(reachable=True, version=answer.get("version"), uptime_seconds=answer.get("uptime_seconds"),
-                          workers=answer.get("workers"))
-            cold_stores = answer.get("cold_stores", [])
-    report["server"] = server
-    report["cold_stores"] = cold_stores
-    if as_json:
-        sys.stdout.write(json.dumps(report) + "\n")
+    token = read_token(config)
+    try:
+        while True:
+            report = collect_report(config, url, token)
+            if as_json:
+                sys.stdout.write(json.dumps(report) + "\n")
+                sys.stdout.flush()
+            else:
+                if watch is not None:
+                    console.clear()
+                print_status(report)
+            if watch is None:
+                return
+            time.sleep(watch)
+    except KeyboardInterrupt:
         return
-    print_status(report)
 
 
 def print_status(report: dict) -> None:
@@ -152,30 +174,48 @@ def print_status(report: dict) -> None:
     console.print(table)
 
     if server["reachable"]:
-        stores = Table(_name_column("bucket"), _name_column("cold store"), "state", "last success", "latency",
-                       "in / out by class", title="Cold stores", title_justify="left")
-        for store in report["cold_stores"]:
-            stores.add_row(store["bucket"], store["name"], _state_cell(store),
-                           _ago(store.get("last_success"), now) if store.get("contacted") else "not used yet",
-                           f"{store['latency_ewma'] * 1000:.1f} ms" if store.get("latency_ewma") else "-",
-                           _traffic_cell(store.get("traffic", {})))
-        if report["cold_stores"]:
-            console.print(stores)
+        endpoints = report.get("cold_endpoints") or []
+        if endpoints:
+            console.print(cold_stores_table(endpoints, now))
         else:
             console.print("cold stores: none linked")
 
-    buckets = Table(_name_column("bucket"), "mode", _name_column("cold store"), "backlog", "recovery point", "pinned",
-                    title="Linked buckets", title_justify="left")
-    for bucket in report["buckets"]:
-        link = bucket["link"] or {}
-        b = bucket["backlog"]
-        buckets.add_row(bucket["bucket"], link.get("mode", "-"), link.get("url", "-"),
-                        f"{b['objects']} / {human_bytes(b['bytes'])}", human_age(b["oldest_age_seconds"]),
-                        human_bytes(bucket["pinned_bytes"]))
     if report["buckets"]:
-        console.print(buckets)
+        console.print(buckets_table(report["buckets"]))
     else:
         console.print("linked buckets: none (atoll bucket link BUCKET COLD_URL --mode MODE)")
+
+
+def cold_stores_table(endpoints: list[dict], now: float) -> Table:
+    """One row per cold endpoint (an account or S3 endpoint, shared by every bucket linked to it); bandwidth is
+    bytes/s over the last minute, in (from the cold store) / out (to it)."""
+    table = Table(_name_column("endpoint"), "state", "last success", "errors", "latency", "demand in / out",
+                  "stage in / out", "drain in / out", _name_column("buckets"), title="Cold stores",
+                  title_justify="left")
+    for view in endpoints:
+        traffic = view.get("traffic", {})
+        minute = view.get("last_minute", {})
+        table.add_row(view["endpoint"], _state_cell(view, now),
+                      _ago(view.get("last_success"), now) if view.get("contacted") else "not used yet",
+                      f"{minute.get('error_rate', 0) * 100:.0f}%" if minute.get("requests") else "-",
+                      f"{view['latency_ewma'] * 1000:.1f} ms" if view.get("latency_ewma") else "-",
+                      *(_bandwidth(traffic.get(name, {})) for name in ("demand", "stage", "drain")),
+                      "\n".join(view.get("buckets", [])))
+    return table
+
+
+def buckets_table(buckets: list[dict]) -> Table:
+    table = Table(_name_column("bucket"), "mode", "cold store", "backlog", "recovery point", "hit ratio",
+                  "resident", "pinned", title="Buckets", title_justify="left")
+    for bucket in buckets:
+        link = bucket["link"] or {}
+        b = bucket["backlog"]
+        ratio = bucket.get("hit_ratio")
+        table.add_row(bucket["bucket"], link.get("mode", "-"), _styled(bucket.get("endpoint_state")),
+                      f"{b['objects']} / {human_bytes(b['bytes'])}", human_age(b["oldest_age_seconds"]),
+                      "-" if ratio is None else f"{ratio * 100:.1f}%",
+                      human_bytes(bucket.get("resident_bytes")), human_bytes(bucket["pinned_bytes"]))
+    return table
 
 
 def _name_column(header: str) -> Column:
@@ -183,22 +223,33 @@ def _name_column(header: str) -> Column:
     return Column(header, overflow="fold")
 
 
-def _state_cell(store: dict) -> str:
-    state = store["state"]
+def _styled(state: str | None) -> str:
+    if not state:
+        return "-"
     style = _STATE_STYLES.get(state)
-    cell = f"[{style}]{state}[/]" if style else state
-    if store.get("consecutive_failures"):
-        cell += f"\n{store['consecutive_failures']} failures"
-    if store.get("last_error"):
-        cell += f"\nlast: {store['last_error']}"
+    return f"[{style}]{state}[/]" if style else state
+
+
+def _state_cell(view: dict, now: float) -> str:
+    cell = _styled(view["state"])
+    breaker = view.get("breaker") or {}
+    if breaker.get("state", "closed") != "closed":
+        since = f" {human_age(now - breaker['opened_at'])}" if breaker.get("opened_at") else ""
+        cell += f"\nbreaker {breaker['state']}{since}"
+        if breaker.get("retry_after"):
+            cell += f", probe in {human_age(breaker['retry_after'])}"
+    if view.get("consecutive_failures"):
+        cell += f"\n{view['consecutive_failures']} failures"
+    if view.get("last_error") and view["state"] != "healthy":
+        cell += f"\nlast: {view['last_error']}"
     return cell
 
 
-def _traffic_cell(traffic: dict) -> str:
-    lines = [f"{name} {human_bytes(stats['bytes_in'])} / {human_bytes(stats['bytes_out'])}"
-             for name, stats in traffic.items() if stats.get("requests") or stats.get("bytes_in")
-             or stats.get("bytes_out")]
-    return "\n".join(lines) or "-"
+def _bandwidth(stats: dict) -> str:
+    bytes_in, bytes_out = stats.get("bytes_in_per_second") or 0, stats.get("bytes_out_per_second") or 0
+    if not bytes_in and not bytes_out and not stats.get("active"):
+        return "-"
+    return f"{human_bytes(bytes_in)}/s / {human_bytes(bytes_out)}/s"
 
 
 # atoll drain pause|resume -----------------------------------------------------------------------------------
@@ -250,6 +301,7 @@ def print_bucket_tiering(tiering: dict) -> None:
              f"secret options (values kept in the 0600 secret file): {secret}",
              f"backlog: {backlog['objects']} objects, {human_bytes(backlog['bytes'])}, recovery point "
              f"{human_age(backlog['oldest_age_seconds'])}",
+             f"warm:    {human_bytes(tiering['resident_bytes'])} resident",
              f"pinned:  {human_bytes(tiering['pinned_bytes'])}"]
     groups = tiering.get("groups") or []
     lines.append("groups:  " + ("; ".join(f"{g['prefix'] or '(whole bucket)'} (markers {', '.join(g['markers'])})"

@@ -43,6 +43,18 @@ async def run_io(fn, *args):
     return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)
 
 
+async def run_data_io(fn, *args):
+    """``run_io`` for data-store work that writes: a full disk becomes InsufficientStorage and any other I/O error
+    Unavailable (clean 503s, not tracebacks). FileNotFoundError passes: callers decide what a vanished blob
+    means (a copy source replaced meanwhile is a conflict)."""
+    try:
+        return await run_io(fn, *args)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _storage_error(exc) from exc
+
+
 @dataclass(slots=True)
 class StagedBlob:
     """A blob written but not yet durable under its id. ``commit`` or ``abort`` exactly once."""
@@ -92,7 +104,7 @@ async def stage(store: DataStore, body: AsyncIterator[bytes], algorithms: Iterab
     removed on any failure, including the client going away.
     """
     hashers = {alg: new_hasher(alg) for alg in algorithms}
-    writer = await run_io(store.create)
+    writer = await run_data_io(store.create)
     pieces: list[bytes] = []
     size = 0
     try:
@@ -241,7 +253,4 @@ async def _pipeline(writer: BlobWriter, hashers: dict, first: list[bytes], size:
 
 async def read_range_into(store: DataStore, writer: BlobWriter, blob_id: str, offset: int, length: int) -> None:
     """Append a byte range of an existing blob to ``writer`` (server-side copy), off the event loop."""
-    try:
-        await run_io(store.copy_into, writer, blob_id, offset, length)
-    except OSError as exc:
-        raise _storage_error(exc) from exc
+    await run_data_io(store.copy_into, writer, blob_id, offset, length)

@@ -45,6 +45,7 @@ class ListPage:
     prefixes: list[str] = field(default_factory=list)
     truncated: bool = False
     last: str | None = None  # the last key or common prefix returned: where the next page starts after
+    incomplete: bool = False  # from the index alone, because the bucket's cold store could not be listed
 
 
 async def list_page(meta: MetaStore, bucket: str, *, prefix: str = "", delimiter: str = "",

@@ -82,6 +82,8 @@ class ObjectVersion:
     cold_mtime: float = 0.0
     warm_seq: int = 0  # insertion order for eviction (SIEVE); 0 = never evictable (local bucket)
     pinned_until: float = 0.0
+    # Not stored: set on the copy served when the cold store could not be asked whether it is current.
+    stale: bool = False
 
     @property
     def content_type(self) -> str:

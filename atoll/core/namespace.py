@@ -5,8 +5,9 @@ metadata store and the data store. The durability order for every write is fixed
 
     body → temp blob (write, fsync) → rename → fsync dir → metadata commit → acknowledge
 
-A crash before the metadata commit leaves a temp file (removed at start) or an unreferenced blob (found by fsck);
-a crash after it leaves the new version in place. Nothing is acknowledged before both are on disk.
+A crash before the metadata commit leaves a temp file (removed at start) or an unreferenced blob (reclaimed by the
+next start, atoll.core.recovery; found by fsck); a crash after it leaves the new version in place. Nothing is
+acknowledged before both are on disk.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Generic, Sequence, TypeVar
 
-from atoll import errors
+from atoll import errors, metrics
 from atoll.core import checksums as cks
 from atoll.core import ingest
 from atoll.core.conditions import ReadConditions, check as check_conditions
@@ -337,8 +338,8 @@ class Namespace:
     async def _commit_version(self, version: ObjectVersion, condition: WriteCondition | None,
                               link: Link | None = None) -> ObjectVersion:
         try:
-            await self._prepare_linked(link, version)
-            await self.meta.put_object(version, condition, journal=_journaled(link))
+            journal = await self._prepare_linked(link, version)
+            await self.meta.put_object(version, condition, journal=journal)
         except BaseException:
             await self._discard_blobs([e.blob_id for e in version.extents])
             raise
@@ -361,19 +362,43 @@ class Namespace:
             cold_path(key)
         return link
 
-    async def _prepare_linked(self, link: Link | None, version: ObjectVersion) -> None:
+    async def _prepare_linked(self, link: Link | None, version: ObjectVersion) -> bool:
         """Before the metadata commit: make the version evictable once clean, and on a write-through bucket
-        send it to the cold store first (the client's acknowledgement then means both copies exist)."""
+        send it to the cold store first (the client's acknowledgement then means both copies exist). Returns
+        whether the write is journaled for the drain: always on write-back; on write-through only while its
+        cold store is unreachable and ``writethrough_on_partition = "writeback"``."""
         if link is None:
-            return
-        from atoll.core.tiering.tier import join_attributes, warm_seq_now
-        from atoll.core.tiering.upload import upload_version
+            return False
+        from atoll.core.tiering.tier import warm_seq_now
 
         version.warm_seq = warm_seq_now()
-        if link.mode == "writethrough":
-            cold = await upload_version(self.tier.store(link), self.data, version, Traffic.DEMAND,
-                                        attributes=join_attributes(version))
-            version.cold_etag, version.cold_mtime = cold.etag, cold.mtime
+        if link.mode != "writethrough":
+            return link.mode == "writeback"
+        try:
+            cold = await self.tier.upload(link, version, Traffic.DEMAND)
+        except errors.ColdStoreUnavailable as exc:
+            return self._degrade_writethrough(link, exc)
+        version.cold_etag, version.cold_mtime = cold.etag, cold.mtime
+        return False
+
+    def _degrade_writethrough(self, link: Link, failure: errors.ColdStoreUnavailable) -> bool:
+        """A write-through write whose cold store cannot be reached: refused (the 503 stands) or, if configured,
+        journaled like write-back and drained after the partition."""
+        if self.tier.settings.writethrough_on_partition != "writeback":
+            raise failure
+        metrics.WRITETHROUGH_DEGRADED.labels(link.bucket).inc()
+        log.warning("bucket %s: cold store unreachable; write-through write journaled for the drain", link.bucket)
+        return True
+
+    async def _delete_linked(self, link: Link | None, key: str) -> bool:
+        """The cold side of a delete; returns whether the delete is journaled (as ``_prepare_linked``)."""
+        if link is None or link.mode != "writethrough":
+            return _journaled(link)
+        try:
+            await self.tier.store(link).delete(key, Traffic.DEMAND)
+        except errors.ColdStoreUnavailable as exc:
+            return self._degrade_writethrough(link, exc)
+        return False
 
     def _after_linked_write(self, link: Link | None, key: str) -> None:
         if link is not None:
@@ -424,9 +449,8 @@ class Namespace:
         validate_key(key)
         await self.bucket_for(identity, bucket)
         link = await self._write_link(bucket, key)
-        if link is not None and link.mode == "writethrough":
-            await self.tier.store(link).delete(key, Traffic.DEMAND)
-        await self.meta.delete_object(bucket, key, journal=_journaled(link))
+        journal = await self._delete_linked(link, key)
+        await self.meta.delete_object(bucket, key, journal=journal)
         self._after_linked_write(link, key)
 
     async def delete_objects(self, identity: Identity, bucket: str, keys: Sequence[str]) -> list[str | None]:
@@ -451,10 +475,11 @@ class Namespace:
                         if key in valid:
                             valid.remove(key)
                             outcome[at] = "InvalidArgument"
-                if link.mode == "writethrough":
-                    for key in valid:
-                        await self.tier.store(link).delete(key, Traffic.DEMAND)
-            await self.meta.delete_objects(bucket, valid, journal=_journaled(link))
+            journal = _journaled(link)
+            if link is not None and link.mode == "writethrough":
+                for key in valid:
+                    journal = await self._delete_linked(link, key) or journal
+            await self.meta.delete_objects(bucket, valid, journal=journal)
             for key in valid:
                 self._after_linked_write(link, key)
         return outcome
@@ -476,11 +501,10 @@ class Namespace:
                     "This copy request is illegal because it is trying to copy an object to itself without "
                     "changing the object's metadata, storage class, website redirect location or encryption "
                     "attributes.")
-            if link is not None and link.mode == "writethrough":
-                changed = dataclasses.replace(src, headers=headers, user_meta=user_meta)
-                await self._prepare_linked(link, changed)
+            journal = await self._prepare_linked(link, dataclasses.replace(src, headers=headers,
+                                                                           user_meta=user_meta))
             replaced = await self.meta.replace_metadata(bucket, key, src.version_id, headers, user_meta, now,
-                                                        journal=_journaled(link))
+                                                        journal=journal)
             self._after_linked_write(link, key)
             return replaced
         await self._check_write_condition(bucket, key, condition)
@@ -488,10 +512,10 @@ class Namespace:
         new_extents = []
         try:
             for extent in src.extents:
-                writer = await ingest.run_io(self.data.create)
+                writer = await ingest.run_data_io(self.data.create)
                 try:
                     await ingest.read_range_into(self.data, writer, extent.blob_id, extent.offset, extent.length)
-                    await ingest.run_io(writer.commit)
+                    await ingest.run_data_io(writer.commit)
                 except BaseException:
                     await ingest.run_io(writer.abort)
                     raise
@@ -591,17 +615,17 @@ class Namespace:
             raise errors.EntityTooLarge()
         algorithms = ["md5"] + ([upload.checksum_algorithm] if upload.checksum_algorithm else [])
         await self._admit_write()
-        writer = await ingest.run_io(self.data.create)
+        writer = await ingest.run_data_io(self.data.create)
         hashers = {alg: cks.new_hasher(alg) for alg in algorithms}
         try:
             # Server-side: read the range once through the hashers into the new blob, off the loop.
             opened = self.open_range(src, start, end)
             try:
-                await ingest.run_io(_copy_hashing, opened, writer, hashers)
+                await ingest.run_data_io(_copy_hashing, opened, writer, hashers)
             finally:
                 for fd, _, _ in opened:
                     os.close(fd)
-            await ingest.run_io(writer.commit)
+            await ingest.run_data_io(writer.commit)
         except FileNotFoundError:
             await ingest.run_io(writer.abort)
             raise errors.ConditionalRequestConflict("The source object changed during the copy; retry.") from None
@@ -665,8 +689,8 @@ class Namespace:
             owner_id=identity.owner_id,
         )
         link = await self._write_link(bucket, key)
-        await self._prepare_linked(link, version)
-        await self.meta.complete_upload(upload_id, version, numbers, condition, journal=_journaled(link))
+        journal = await self._prepare_linked(link, version)
+        await self.meta.complete_upload(upload_id, version, numbers, condition, journal=journal)
         self._after_linked_write(link, key)
         return version
 
@@ -704,6 +728,8 @@ class Namespace:
                     pass
             except asyncio.CancelledError:
                 raise
+            except errors.Unavailable as exc:  # the metadata store is out of space (or busy): next round
+                log.warning("garbage collection postponed: %s", exc.message)
             except Exception:  # noqa: BLE001 - keep collecting; the next round retries
                 log.exception("garbage collection failed")
             await asyncio.sleep(2.0 + secrets.randbelow(1000) / 1000)

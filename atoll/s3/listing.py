@@ -44,6 +44,13 @@ async def _owners(ctx: S3Context, page) -> dict[str, str]:
     return names
 
 
+def _listing_headers(page) -> list[tuple[str, str]]:
+    headers = [("Content-Type", "application/xml")]
+    if page.incomplete:
+        headers.append(("x-atoll-stale", "cold-store-unreachable"))  # warm and indexed keys only
+    return headers
+
+
 async def list_objects_v2(ctx: S3Context) -> Response:
     q = ctx.query
     params = xml.ListParams(
@@ -58,7 +65,7 @@ async def list_objects_v2(ctx: S3Context) -> Response:
     if page.truncated and page.last is not None:
         params.next_token = _token(page.last)
     owners = await _owners(ctx, page) if params.fetch_owner else {}
-    return Response(200, [("Content-Type", "application/xml")], xml.list_objects(page, params, owners))
+    return Response(200, _listing_headers(page), xml.list_objects(page, params, owners))
 
 
 async def list_objects_v1(ctx: S3Context) -> Response:
@@ -71,4 +78,4 @@ async def list_objects_v1(ctx: S3Context) -> Response:
     page = await ctx.ns.list_objects(ctx.identity, ctx.bucket, prefix=params.prefix, delimiter=params.delimiter,
                                      start_after=params.marker, max_keys=params.max_keys)
     owners = await _owners(ctx, page)
-    return Response(200, [("Content-Type", "application/xml")], xml.list_objects(page, params, owners))
+    return Response(200, _listing_headers(page), xml.list_objects(page, params, owners))

@@ -120,6 +120,7 @@ def _etag_header(etag: str) -> str:
 
 
 _header_cache: dict[str, tuple[tuple[str, str], ...]] = {}
+STALE_HEADERS = (("Warning", '111 - "Revalidation Failed"'), ("x-atoll-stale", "cold-store-unreachable"))
 _HEADER_CACHE_MAX = 16384
 
 
@@ -134,6 +135,9 @@ def object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
         if len(_header_cache) >= _HEADER_CACHE_MAX:
             _header_cache.clear()
         _header_cache[key] = cached
+    if version.stale:
+        # Served without the revalidation its link asks for: the cold store could not be reached.
+        return [*cached, *STALE_HEADERS]
     return list(cached)
 
 

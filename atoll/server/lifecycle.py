@@ -20,13 +20,17 @@ import time
 from dataclasses import dataclass
 
 from atoll.admin.multiproc import mark_dead as mark_metrics_dead
+from atoll.admin.peerhealth import HealthPublisher, health_dir
 from atoll.config import Config
 from atoll.core.namespace import Namespace, new_secret_key
+from atoll.core.recovery import reclaim_orphan_blobs
 from atoll.core.tiering.jobs import JobRunner
 from atoll.core.tiering.tier import Tiering, TierSettings
+from atoll.stores.cold.endpoint import BreakerSettings, TrafficPolicy
 from atoll.stores.cold.store import Timeouts as ColdTimeouts
 from atoll.http.server import HttpServer, Timeouts, bind_socket
 from atoll.s3.app import S3App
+from atoll.server import runstate
 from atoll.server.accesslog import AccessLog
 from atoll.stores.data.files import FileDataStore
 from atoll.stores.meta.sqlite import SqliteMetaStore
@@ -34,6 +38,7 @@ from atoll.stores.meta.sqlite import SqliteMetaStore
 log = logging.getLogger("atoll")
 
 ROOT_CREDENTIALS_FILE = "root-credentials"
+DATA_DIR_LOCK_WAIT = 2.0
 # glibc returns freed heap to the OS after every large free by default; with 64 KiB–1 MiB request-body chunks
 # that costs 3× the CPU of a PUT (perf-baseline.md §2). These keep the heap warm.
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "1073741824", "MALLOC_TOP_PAD_": "67108864"}
@@ -135,7 +140,16 @@ def tier_settings(config: Config) -> TierSettings:
         drain_concurrency=config.drain_concurrency, drain_bandwidth=config.drain_bandwidth,
         stage_concurrency=config.stage_concurrency,
         timeouts=ColdTimeouts(connect=config.cold_connect_timeout, first_byte=config.cold_first_byte_timeout,
-                              stall=config.cold_stall_timeout),
+                              stall=config.cold_stall_timeout, retries=config.cold_retries),
+        breaker=BreakerSettings(failures=config.breaker_failures, cooldown=config.breaker_cooldown,
+                                max_cooldown=config.breaker_max_cooldown),
+        traffic=TrafficPolicy(
+            concurrency={"demand": config.demand_concurrency, "stage": config.stage_concurrency,
+                         "drain": config.drain_concurrency},
+            bandwidth={"demand": config.demand_bandwidth, "stage": config.stage_bandwidth,
+                       "drain": config.drain_bandwidth},
+            aging=config.wan_aging),
+        degraded_latency=config.degraded_latency, writethrough_on_partition=config.writethrough_on_partition,
         cold_defaults=dict(config.cold_options), secrets_path=config.cold_secrets_path,
     )
 
@@ -172,11 +186,15 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
             from atoll.admin.app import AdminApp
 
             admin_app = AdminApp(ns, admin.token, started=admin.started, workers=config.workers,
-                                 access_log=access_log)
+                                 access_log=access_log,
+                                 peers_dir=health_dir(config.data_dir) if config.workers > 1 else None)
             admin_server = HttpServer(admin_app, loop, timeouts,
                                       on_exception=lambda req: log.exception("admin request %s failed", req.id))
             await admin_server.listen(admin.sock)
         ns.start_background(primary=slot == 0)
+        # The primary serves status from its own memory; the others publish their cold-endpoint health for it.
+        publisher = HealthPublisher(ns.tier, health_dir(config.data_dir)).start() \
+            if admin is not None and config.workers > 1 and slot != 0 else None
         # Everything allocated so far lives as long as the process: keep it out of the cyclic collector's scans,
         # which otherwise walk it on every full collection and show up as multi-millisecond latency spikes.
         gc.freeze()
@@ -189,6 +207,8 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
         await server.stop(config.shutdown_grace)
         if admin_server is not None:
             await admin_server.stop(1.0)
+        if publisher is not None:
+            await publisher.stop()
         await ns.stop_background()
         await meta.close()
         if access_log is not None:
@@ -201,10 +221,12 @@ def serve(config: Config) -> None:
     started = time.time()
     meta, data = open_stores(config)
     try:
+        lock = _lock_data_dir(config)  # noqa: F841 - held (and inherited by the workers) until the last one exits
         root = bootstrap_root(config, meta)
         removed = data.remove_temp_files()
         if removed:
             log.info("removed %d temp files left by an earlier crash", removed)
+        unreclaimed_since = _reclaim_after_crash(config, meta, data)
         # No worker runs yet: drain claims of a process that died are void (the uploads are idempotent).
         asyncio.run(meta.reset_drain_claims())
     finally:
@@ -236,10 +258,49 @@ def serve(config: Config) -> None:
                   flush=True)
         print(f"Admin API and /metrics on http://{config.admin_address} (bearer token: ATOLL_ADMIN_TOKEN or "
               f"{token_path(config)})", flush=True)
+    # Before any worker can write a blob; kept if leftovers could not be reclaimed, so the next start retries.
+    try:
+        runstate.begin(config.data_dir, started if unreclaimed_since is None else min(started, unreclaimed_since))
+    except OSError as exc:  # a full disk: serve anyway; only the reclamation after a crash of this run is lost
+        log.warning("cannot record the server's start in %s (%s): after a crash, run atoll fsck",
+                    runstate.run_dir(config.data_dir), exc.strerror)
     if config.workers == 1:
         run_worker(config, hold, 0, admin)
-        return
-    _supervise(config, hold, data, admin)
+        clean = True  # a worker that failed raised instead
+    else:
+        clean = _supervise(config, hold, data, admin)
+    if clean:
+        try:
+            runstate.end(config.data_dir)
+        except OSError as exc:  # the next start looks for leftovers that are not there: only time lost
+            log.warning("cannot record the clean stop in %s (%s)", runstate.run_dir(config.data_dir), exc.strerror)
+
+
+def _lock_data_dir(config: Config) -> runstate.DataDirLock:
+    try:
+        # The processes of a server killed a moment ago may still be exiting, their lock with them.
+        return runstate.DataDirLock.acquire(config.data_dir, wait=DATA_DIR_LOCK_WAIT)
+    except runstate.DataDirBusy:
+        raise StartupError(f"data directory {config.data_dir} is in use by another Atoll process (a server, or "
+                           "atoll fsck --repair); stop it first") from None
+    except OSError as exc:
+        raise StartupError(f"cannot lock data directory {config.data_dir}: {exc.strerror}") from None
+
+
+def _reclaim_after_crash(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> float | None:
+    """After a server that did not stop cleanly: delete the blobs it committed without a metadata row. Returns
+    the crashed server's start if that failed (its leftovers are still to be reclaimed), else None."""
+    since = runstate.unclean_since(config.data_dir)
+    if since is None:
+        return None
+    try:
+        reclaimed = asyncio.run(reclaim_orphan_blobs(meta, data, since))
+    except Exception as exc:  # noqa: BLE001 - serving matters more; fsck and the next start can finish this
+        log.warning("could not reclaim what the last server left after its crash (%s); run atoll fsck", exc)
+        return since
+    log.info("the last server did not stop cleanly: removed %d unreferenced blobs (%d looked up where it wrote, "
+             "%.2fs)", reclaimed.removed, reclaimed.examined, reclaimed.seconds)
+    return None
 
 
 def _admin_listener(config: Config, started: float) -> AdminListener:
@@ -270,8 +331,9 @@ def _check_port_free(host: str, port: int) -> None:
         probe.bind((host, port))
 
 
-def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: AdminListener | None = None) -> None:
-    """Fork workers, each with its own SO_REUSEPORT listening socket; restart any that dies unexpectedly."""
+def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: AdminListener | None = None) -> bool:
+    """Fork workers, each with its own SO_REUSEPORT listening socket; restart any that dies unexpectedly.
+    Returns whether every worker stopped cleanly (none died: nothing can be left half done)."""
     hold.close()  # the workers' sockets hold the port from here on
     children: dict[int, int] = {}
     started: dict[int, float] = {}  # slot -> when its current worker was started
@@ -319,6 +381,7 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: 
         spawn(slot)
         started[slot] = time.monotonic()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    clean = True
     while children:
         try:
             pid, status = os.wait()
@@ -327,6 +390,7 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: 
         except InterruptedError:
             continue
         slot = children.pop(pid, None)
+        clean = clean and status == 0 and stopping
         mark_metrics_dead(pid)
         # A worker killed mid-upload leaves temp files that nobody will finish; the others' are left alone.
         removed = data.remove_temp_files(pid)
@@ -343,3 +407,4 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: 
                 time.sleep(0.05)
             spawn(slot)
             started[slot] = time.monotonic()
+    return clean

@@ -194,3 +194,10 @@ def test_crashed_writer_leaves_no_visible_blob_and_its_temp_file_is_removed_at_s
     assert restarted.remove_temp_files() == 0
     assert read_blob(restarted, committed) == b"committed before the crash"
     assert not restarted.has_blob(crashed)
+
+
+def test_check_room_refuses_what_would_not_leave_the_reserve(data_store):
+    data_store.check_room(1 << 20)  # the test filesystem has a MiB to spare
+    with pytest.raises(OSError) as full:
+        data_store.check_room(1 << 62)
+    assert full.value.errno == errno.ENOSPC

@@ -273,6 +273,26 @@ async def test_resident_bytes_accounting(meta_store):
     assert await meta_store.resident_bytes() == 0
 
 
+async def test_resident_bytes_of_one_bucket(meta_store):
+    first, second = await new_bucket(meta_store, "r1"), await new_bucket(meta_store, "r2")
+    assert await meta_store.resident_bytes(first) == 0
+    assert await meta_store.resident_bytes("no-such-bucket") == 0
+    await meta_store.put_object(warm(first, "a", 100, cold=True))
+    await meta_store.put_object(warm(first, "b", 20), journal=True)
+    await meta_store.put_object(warm(second, "a", 7, cold=True))
+    absent = cold_only(first, "c", 1000)
+    await meta_store.record_cold_version(absent, None)
+    assert (await meta_store.resident_bytes(first), await meta_store.resident_bytes(second)) == (120, 7)
+    await meta_store.start_fill(first, "c", absent.version_id, blob(), 500, 3)  # partial: counts whole
+    assert await meta_store.resident_bytes(first) == 1120
+    a = await meta_store.get_object(first, "a")
+    assert await meta_store.evict(first, "a", a.version_id) == 100
+    assert await meta_store.resident_bytes(first) == 1020
+    assert await meta_store.resident_bytes() == 1027  # the tier's counter is the sum over buckets
+    await meta_store.delete_objects(first, ["b", "c"], journal=True)
+    assert (await meta_store.resident_bytes(first), await meta_store.resident_bytes(second)) == (0, 7)
+
+
 # the write-back journal --------------------------------------------------------------------------------------
 async def test_journal_coalescing_keeps_the_oldest_since_and_the_claim(meta_store):
     bucket = await new_bucket(meta_store)
@@ -363,6 +383,20 @@ async def test_release_drain_backs_off_and_start_up_voids_claims(meta_store):
     assert await meta_store.take_drain(10, 60.0) == []
     assert await meta_store.reset_drain_claims() == 1
     assert [e.key for e in await meta_store.take_drain(10, 60.0)] == ["k"]
+
+
+async def test_release_drain_of_a_superseded_entry_gives_the_claim_back(meta_store):
+    """A failed upload of a write that a newer write (a delete here) replaced meanwhile: the newer entry kept
+    the claim; releasing the old one must make the newer one due after the delay, not after the lease."""
+    bucket = await new_bucket(meta_store)
+    await meta_store.put_object(warm(bucket, "k"), journal=True)
+    [old] = await meta_store.take_drain(10, 300.0)
+    await meta_store.delete_object(bucket, "k", journal=True)
+    await meta_store.release_drain(old, 0.2, "cold store unavailable")
+    assert await meta_store.take_drain(10, 300.0) == []  # not before the delay
+    await asyncio.sleep(0.25)
+    [new] = await meta_store.take_drain(10, 300.0)
+    assert (new.op, new.attempts, new.last_error) == ("delete", 0, "")  # the delete was not tried: no failure
 
 
 async def test_take_drain_oldest_first_with_a_limit(meta_store):
@@ -632,3 +666,27 @@ def test_sqlite_schema_1_file_is_upgraded_in_place(tmp_path, loop):
             await store.close()
 
     loop.run_until_complete(reopen())
+
+
+async def test_take_drain_skips_unreachable_buckets_and_renewed_claims_hold(meta_store):
+    reachable, cut_off = await new_bucket(meta_store, "up"), await new_bucket(meta_store, "down")
+    await meta_store.put_object(warm(cut_off, "a"), journal=True)
+    await meta_store.put_object(warm(reachable, "b"), journal=True)
+    claimed = await meta_store.take_drain(10, 0.2, skip_buckets=[cut_off])
+    assert [(e.bucket, e.key) for e in claimed] == [(reachable, "b")]
+    await meta_store.renew_drain(claimed, 300.0)
+    await asyncio.sleep(0.3)
+    # The renewed claim outlives the first lease; the skipped bucket's entry was never touched.
+    assert [(e.bucket, e.key, e.attempts) for e in await meta_store.take_drain(10, 60.0)] == [(cut_off, "a", 0)]
+    assert await meta_store.take_drain(10, 60.0) == []
+
+
+async def test_cold_upload_records_survive_until_forgotten(meta_store):
+    bucket = await new_bucket(meta_store, "mpu")
+    first = await meta_store.note_cold_upload(bucket, "big/a", 1000.0)
+    second = await meta_store.note_cold_upload(bucket, "big/b", 1001.0)
+    assert first != second
+    assert await meta_store.list_cold_uploads() == [(first, bucket, "big/a", 1000.0), (second, bucket, "big/b", 1001.0)]
+    await meta_store.forget_cold_upload(first)
+    assert await meta_store.list_cold_uploads() == [(second, bucket, "big/b", 1001.0)]
+    assert await meta_store.list_cold_uploads(limit=0) == []

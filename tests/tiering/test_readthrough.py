@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
+import botocore.exceptions
 import pytest
 from botocore.exceptions import ClientError
 
@@ -73,9 +74,11 @@ def tier_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fast_fail_server(tmp_path_factory):
-    """A server that gives up on an unreachable cold store after a second, and fills two blocks at a time."""
+    """A server that gives up on an unreachable cold store after a second, probes a down one every second at
+    most, and fills two blocks at a time."""
     server = start_server(str(tmp_path_factory.mktemp("fastfail")), cold_connect_timeout=1,
-                          cold_first_byte_timeout=1, cold_stall_timeout=1, fill_parallelism=2)
+                          cold_first_byte_timeout=1, cold_stall_timeout=1, fill_parallelism=2,
+                          breaker_cooldown=0.3, breaker_max_cooldown=1)
     yield server
     _stop_cleanly(server)
 
@@ -363,8 +366,17 @@ def test_unreachable_cold_store_fails_misses_with_503_and_serves_warm_objects(ri
         assert residency(rig.fast_fail_server, bucket, key) is None  # a failed lookup records nothing
         cold.proxy.heal()
 
-    # healed: the misses that failed were not remembered as missing
-    assert get(s3, bucket, "miss-refused.bin") == missing
+    # healed: once a probe has found the link back (within the breaker's cooldown), the misses that failed
+    # were not remembered as missing
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            assert get(s3, bucket, "miss-refused.bin") == missing
+            break
+        except botocore.exceptions.ClientError as exc:
+            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+            assert time.monotonic() < deadline, "the breaker did not close after the link healed"
+            time.sleep(0.2)
 
 
 def test_a_cold_failure_mid_response_cuts_it_short_and_a_later_get_resumes(rig):

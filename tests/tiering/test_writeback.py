@@ -33,8 +33,10 @@ KiB = 1 << 10
 MiB = 1 << 20
 PART = 256 * KiB  # the server's minimum part size here (ATOLL_MIN_PART_SIZE), so multipart stays small
 DRAIN_CONCURRENCY = 8
+# A cold store that comes back is noticed within a second (the breaker's probe), not after the default 2-30 s.
 SERVER_ENV = {"ATOLL_MIN_PART_SIZE": str(PART), "ATOLL_DRAIN_CONCURRENCY": str(DRAIN_CONCURRENCY),
-              "ATOLL_FILL_BLOCK_SIZE": str(64 * KiB)}
+              "ATOLL_FILL_BLOCK_SIZE": str(64 * KiB), "ATOLL_BREAKER_COOLDOWN": "0.3",
+              "ATOLL_BREAKER_MAX_COOLDOWN": "1"}
 
 
 # --- the server, links and the drain switch ------------------------------------------------------------------

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import stat
+import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -60,6 +61,30 @@ def no_retry_client(server: AtollProcess):
     return boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
                         aws_secret_access_key=server.secret_key, region_name="us-east-1",
                         config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=60))
+
+
+def error_of(call, **kwargs) -> ClientError:
+    with pytest.raises(ClientError) as failed:
+        call(**kwargs)
+    return failed.value
+
+
+def after_heal(call, timeout: float = 10.0):
+    """``call()`` once the server has noticed that the cold store is back: until its breaker's probe closes
+    it, cold calls answer 503 at once (with Retry-After), which is what a client retries on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            outcome = call()
+        except ClientError as exc:
+            if exc.response["ResponseMetadata"]["HTTPStatusCode"] != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+            continue
+        if not (isinstance(outcome, ClientError) and
+                outcome.response["ResponseMetadata"]["HTTPStatusCode"] == 503 and time.monotonic() < deadline):
+            return outcome
+        time.sleep(0.2)
 
 
 def unreachable(cold: Cold) -> None:
@@ -165,9 +190,8 @@ def test_unreachable_cold_store_fails_writes_with_503_and_leaves_nothing(server,
     assert s3.get_object(Bucket=bucket, Key="kept")["Body"].read() == b"version one"
 
     cold.proxy.heal()
-    with pytest.raises(ClientError) as missing:
-        s3.get_object(Bucket=bucket, Key="new")
-    assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+    missing = after_heal(lambda: error_of(s3.get_object, Bucket=bucket, Key="new"))
+    assert missing.response["Error"]["Code"] == "NoSuchKey"
     assert cold.get("new") is None and cold.get("kept") == b"version one"
     # The upload survived its failed completion and completes once the cold store is back.
     s3.complete_multipart_upload(Bucket=bucket, Key="multi", UploadId=upload["UploadId"],

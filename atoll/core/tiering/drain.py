@@ -6,6 +6,11 @@ WAN) but keeps its claim, so bytes of two versions of a key are never in flight 
 land last. An upload is idempotent (the same key gets the same bytes), so a drainer that crashed mid-way is
 simply redone after its claim lapses; start-up voids every claim at once.
 
+Partitions: entries of buckets whose cold endpoint is unreachable (breaker open) are not taken at all, so a
+long partition costs no attempts and no database churn; when the link returns, the drain restarts at one upload
+and widens by one per success up to ``drain_concurrency`` (halving on each failure), so a healed link is not
+hit by a thundering herd. Claims are renewed while an upload runs, so a slow upload is never taken twice.
+
 Checkpoint groups: a key under a group's prefix whose basename is one of the group's markers waits until no
 other entry of its directory is pending, so a reader of the cold store sees the marker only after every other
 file of that checkpoint is there.
@@ -16,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import posixpath
+import random
 import time
 from typing import TYPE_CHECKING
 
 from atoll import errors, metrics
 from atoll.core.models import CheckpointGroup, DrainEntry
-from atoll.core.tiering.upload import TokenBucket, upload_version
 from atoll.stores.cold.store import Traffic
 
 if TYPE_CHECKING:
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("atoll.drain")
 
 CLAIM_SECONDS = 300.0
+_RENEW_EVERY = CLAIM_SECONDS / 3
 _IDLE_POLL = 1.0
 _GROUP_TTL = 2.0
 DEFAULT_MARKERS = (".metadata", "_SUCCESS", "_COMMITTED")
@@ -47,11 +53,12 @@ def marker_directory(key: str, groups: list[CheckpointGroup]) -> str | None:
 class Drainer:
     def __init__(self, tier: "Tiering") -> None:
         self.tier = tier
-        self.bandwidth = TokenBucket(tier.settings.drain_bandwidth)
+        self.limit = max(1, tier.settings.drain_concurrency)
+        self.window = self.limit  # uploads allowed at once now: halved on failure, +1 per success
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(tier.settings.drain_concurrency)
         self._groups: dict[str, tuple[list[CheckpointGroup], float]] = {}
-        self._active: set[asyncio.Task] = set()
+        self._active: dict[asyncio.Task, DrainEntry] = {}
+        self._renewed = time.monotonic()
 
     def wake(self) -> None:
         self._wake.set()
@@ -63,11 +70,13 @@ class Drainer:
                 if await meta.get_flag("drain_paused"):
                     await self._sleep(_IDLE_POLL)
                     continue
-                free = self.tier.settings.drain_concurrency * 2 - len(self._active)
-                entries = await meta.take_drain(free, CLAIM_SECONDS) if free > 0 else []
+                await self._renew_claims()
+                await self.tier.clean_leftovers()
+                free = int(self.window) - len(self._active)
+                entries = await meta.take_drain(free, CLAIM_SECONDS, await self._unreachable()) if free > 0 else []
                 for entry in entries:
                     task = asyncio.get_running_loop().create_task(self._drain_one(entry))
-                    self._active.add(task)
+                    self._active[task] = entry
                     task.add_done_callback(self._done)
                 if not entries:
                     await self._sleep(_IDLE_POLL)
@@ -78,8 +87,23 @@ class Drainer:
                 await asyncio.sleep(1.0)
 
     def _done(self, task: asyncio.Task) -> None:
-        self._active.discard(task)
+        self._active.pop(task, None)
         self._wake.set()
+
+    async def _unreachable(self) -> list[str]:
+        """Buckets whose cold endpoint is down: their entries wait, untouched, until it is back."""
+        return [link.bucket for link in await self.tier.meta.list_links() if not self.tier.reachable(link)]
+
+    async def _renew_claims(self) -> None:
+        if self._active and time.monotonic() - self._renewed > _RENEW_EVERY:
+            self._renewed = time.monotonic()
+            await self.tier.meta.renew_drain(list(self._active.values()), CLAIM_SECONDS)
+
+    def _succeeded(self) -> None:
+        self.window = min(self.limit, self.window + 1)
+
+    def _failed(self) -> None:
+        self.window = max(1, self.window // 2)
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
@@ -107,55 +131,59 @@ class Drainer:
 
     async def _drain_one(self, entry: DrainEntry) -> None:
         meta = self.tier.meta
-        async with self._slots:
-            try:
-                link = await self.tier.link(entry.bucket)
-                if link is None or link.mode != "writeback":
-                    await meta.release_drain(entry, 30.0, "the bucket is no longer linked in writeback mode")
-                    return
-                store = self.tier.store(link)
-                if entry.op == "delete":
-                    await store.delete(entry.key, Traffic.DRAIN)
-                    await meta.finish_drain(entry)
-                    metrics.DRAINED.labels("delete").inc()
-                    return
-                directory = marker_directory(entry.key, await self._groups_of(entry.bucket))
-                if directory is not None and await meta.drain_pending_in(entry.bucket, directory, entry.key):
-                    await meta.release_drain(entry, 0.2)  # the rest of its checkpoint goes first
-                    return
+        try:
+            link = await self.tier.link(entry.bucket)
+            if link is None or link.mode == "cache":
+                # writethrough too: writes journaled while its cold store was unreachable drain from here
+                await meta.release_drain(entry, 30.0, "the bucket is no longer linked in a writable mode")
+                return
+            store = self.tier.store(link)
+            if entry.op == "delete":
+                await store.delete(entry.key, Traffic.DRAIN)
+                await meta.finish_drain(entry)
+                self._succeeded()
+                metrics.DRAINED.labels("delete").inc()
+                return
+            directory = marker_directory(entry.key, await self._groups_of(entry.bucket))
+            if directory is not None and await meta.drain_pending_in(entry.bucket, directory, entry.key):
+                await meta.release_drain(entry, 0.2)  # the rest of its checkpoint goes first
+                return
+            version = await meta.get_object(entry.bucket, entry.key)
+            if version is None or version.version_id != entry.version_id:
+                await meta.finish_drain(entry)  # replaced meanwhile: makes the newer entry due
+                return
+            if version.residency != "resident":
+                # A metadata-only change (self-copy) of a copy that was evicted just before it: bring the
+                # bytes back from the cold store (pinned to their cold ETag), then upload bytes and metadata.
+                stream = await self.tier.read(link, version, 0, version.size)
+                if stream is not None:
+                    async for _ in stream:
+                        pass
                 version = await meta.get_object(entry.bucket, entry.key)
                 if version is None or version.version_id != entry.version_id:
-                    await meta.finish_drain(entry)  # replaced meanwhile: makes the newer entry due
+                    await meta.finish_drain(entry)
                     return
-                if version.residency != "resident":
-                    # A metadata-only change (self-copy) of a copy that was evicted just before it: bring the
-                    # bytes back from the cold store (pinned to their cold ETag), then upload bytes and metadata.
-                    stream = await self.tier.read(link, version, 0, version.size)
-                    if stream is not None:
-                        async for _ in stream:
-                            pass
-                    version = await meta.get_object(entry.bucket, entry.key)
-                    if version is None or version.version_id != entry.version_id:
-                        await meta.finish_drain(entry)
-                        return
-                from atoll.core.tiering.tier import join_attributes
-
-                cold = await upload_version(store, self.tier.data, version, Traffic.DRAIN,
-                                            attributes=join_attributes(version), bandwidth=self.bandwidth)
-                await meta.set_cold_identity(entry.bucket, entry.key, entry.version_id, cold.etag, cold.mtime)
-                # A self-copy during the upload kept the version id but not the metadata just sent: redo it.
-                await meta.finish_drain(entry, uploaded_modified=version.last_modified)
-                metrics.DRAINED.labels("put").inc()
-                metrics.DRAINED_BYTES.inc(version.size)
-                metrics.COLD_BYTES_WRITTEN.labels(Traffic.DRAIN.value).inc(version.size)
-            except asyncio.CancelledError:
-                raise
-            except FileNotFoundError:
-                await meta.finish_drain(entry)  # its blob was replaced and collected: a newer entry exists
-            except (errors.AtollError, OSError) as exc:
-                metrics.DRAIN_FAILURES.inc()
-                delay = min(60.0, 0.5 * 2 ** min(entry.attempts, 7))
-                message = exc.message if isinstance(exc, errors.AtollError) else type(exc).__name__
-                log.warning("drain of an object in bucket %s failed (%s); retry in %.1fs", entry.bucket, message,
-                            delay)
-                await meta.release_drain(entry, delay, message)
+            cold = await self.tier.upload(link, version, Traffic.DRAIN)
+            await meta.set_cold_identity(entry.bucket, entry.key, entry.version_id, cold.etag, cold.mtime)
+            # A self-copy during the upload kept the version id but not the metadata just sent: redo it.
+            await meta.finish_drain(entry, uploaded_modified=version.last_modified)
+            self._succeeded()
+            metrics.DRAINED.labels("put").inc()
+            metrics.DRAINED_BYTES.inc(version.size)
+            metrics.COLD_BYTES_WRITTEN.labels(Traffic.DRAIN.value).inc(version.size)
+        except asyncio.CancelledError:
+            raise
+        except FileNotFoundError:
+            await meta.finish_drain(entry)  # its blob was replaced and collected: a newer entry exists
+        except (errors.AtollError, OSError) as exc:
+            metrics.DRAIN_FAILURES.inc()
+            self._failed()
+            if isinstance(exc, errors.ColdStoreUnavailable):
+                # The link, not the object: retried soon (and not at all while the breaker is open).
+                delay = min(10.0, 0.5 * 2 ** min(entry.attempts, 5)) * random.uniform(0.5, 1.5)
+            else:
+                delay = min(60.0, 0.5 * 2 ** min(entry.attempts, 7)) * random.uniform(0.5, 1.5)
+            message = exc.message if isinstance(exc, errors.AtollError) else type(exc).__name__
+            log.warning("drain of an object in bucket %s failed (%s); retry in %.1fs", entry.bucket, message,
+                        delay)
+            await meta.release_drain(entry, delay, message)

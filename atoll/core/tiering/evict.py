@@ -17,7 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from atoll import metrics
+from atoll import errors, metrics
 
 if TYPE_CHECKING:
     from atoll.core.tiering.tier import Tiering
@@ -47,6 +47,8 @@ class Evictor:
                     await self.evict_until(int(capacity * self.tier.settings.low_watermark))
             except asyncio.CancelledError:
                 raise
+            except errors.Unavailable as exc:  # the metadata store is out of space (or busy): next round
+                log.warning("eviction round postponed: %s", exc.message)
             except Exception:  # noqa: BLE001
                 log.exception("eviction round failed")
             await asyncio.sleep(_INTERVAL)

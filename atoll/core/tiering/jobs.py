@@ -318,9 +318,23 @@ class _Stager:
             "objects_total": 0, "objects_done": 0, "objects_staged": 0, "objects_skipped": 0,
             "bytes_total": 0, "bytes_done": 0, "bytes_fetched": 0, "failed": 0, "verified": 0,
             "verified_by_size": 0, "rate_bytes_per_s": 0.0, "eta_seconds": None, "errors": [],
+            "waiting_for_cold_store": False,
         }
         self.progress = ctx.job.progress
         ctx.refresh = self._rates
+
+    async def _wait_for_link(self) -> bool:
+        """While the link's cold store is unreachable (its breaker open), the job waits instead of failing its
+        objects one by one; progress says so. True if it waited."""
+        if self.store is None or self.store.health.breaker.state == "closed":
+            return False
+        self.progress["waiting_for_cold_store"] = True
+        await self.report()
+        while self.store.health.breaker.state != "closed":
+            self.ctx.check()
+            await asyncio.sleep(0.5)
+        self.progress["waiting_for_cold_store"] = False
+        return True
 
     # progress ---------------------------------------------------------------------------------------------
     def _rates(self) -> dict:
@@ -384,6 +398,8 @@ class _Stager:
                     self.ctx.check()
                 return
             except errors.ColdStoreUnavailable as exc:
+                if await self._wait_for_link():
+                    continue  # the link came back: the walk resumes after the last key seen
                 failures += 1
                 if failures >= _OBJECT_ATTEMPTS or (not ordered and self.progress["objects_total"]):
                     raise JobFailed(f"listing the cold store failed: {exc.message}") from None
@@ -433,7 +449,9 @@ class _Stager:
             await self.report()
 
     async def _stage_object(self, cold: ColdObject) -> None:
-        for attempt in range(_OBJECT_ATTEMPTS):
+        attempt = -1
+        while attempt + 1 < _OBJECT_ATTEMPTS:
+            attempt += 1
             try:
                 await self._transfer(cold)
                 return
@@ -450,6 +468,9 @@ class _Stager:
                 self.progress["bytes_total"] += fresh.size - cold.size
                 cold = fresh
             except errors.ColdStoreUnavailable as exc:
+                if await self._wait_for_link():
+                    attempt -= 1  # the partition, not the object: this attempt does not count
+                    continue
                 if attempt == _OBJECT_ATTEMPTS - 1:
                     self._failed(cold.key, exc.message)
                     return

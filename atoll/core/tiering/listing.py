@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from obstore.store import AzureStore, GCSStore, MemoryStore, S3Store
 
+from atoll import errors
 from atoll.core.listing import ListPage, list_page
 from atoll.core.models import Link, ListEntry
 from atoll.stores.cold.store import ColdObject, ColdStore, Traffic
@@ -292,13 +293,23 @@ def union_source(tier: "Tiering", link: Link, owner_id: str, prefix: str) -> Uni
 
 async def list_linked(tier: "Tiering", link: Link, owner_id: str, *, prefix: str, delimiter: str,
                       start_after: str, max_keys: int) -> ListPage:
-    """One ListObjects page of a linked bucket: from the index alone once it is synced, else the union."""
+    """One ListObjects page of a linked bucket: from the index alone once it is synced, else the union. While
+    the cold store is unreachable, an unsynced bucket lists what the index holds (warm and known keys), marked
+    ``incomplete``: a data loader listing its shard during a partition gets an answer, not a 503."""
     if await is_synced(tier.meta, link.bucket):
         return await list_page(tier.meta, link.bucket, prefix=prefix, delimiter=delimiter,
                                start_after=start_after, max_keys=max_keys)
-    source = union_source(tier, link, owner_id, prefix)
-    try:
-        return await list_page(source, link.bucket, prefix=prefix, delimiter=delimiter,  # type: ignore[arg-type]
-                               start_after=start_after, max_keys=max_keys)
-    finally:
-        await source.close()
+    if tier.reachable(link):
+        source = union_source(tier, link, owner_id, prefix)
+        try:
+            return await list_page(source, link.bucket, prefix=prefix, delimiter=delimiter,  # type: ignore[arg-type]
+                                   start_after=start_after, max_keys=max_keys)
+        except errors.ColdStoreUnavailable:
+            if tier.reachable(link):
+                raise  # a failure of this listing alone: the client retries
+        finally:
+            await source.close()
+    page = await list_page(tier.meta, link.bucket, prefix=prefix, delimiter=delimiter, start_after=start_after,
+                           max_keys=max_keys)
+    page.incomplete = True
+    return page

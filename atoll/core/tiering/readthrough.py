@@ -12,6 +12,10 @@ as soon as it arrives from the cold store, never waiting for the whole object no
 fdatasync (only a response's last bytes wait until its blocks are recorded, so a whole read leaves the object
 resident). Blocks no reader asked for are not fetched: a ranged GET of a cold object costs only the blocks it
 touches.
+
+A full disk never fails a read: a block that cannot be written (or recorded) is handed to its readers all the
+same and stays unrecorded, to be fetched again by a later read; a fill that cannot even start streams from the
+cold store without caching.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from atoll import errors, metrics
 from atoll.core import ingest
@@ -33,9 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("atoll.readthrough")
 
 _READ_CHUNK = 1 << 20
+_WARN_INTERVAL = 60.0
 
 
-def _write_block(fd: int, data: bytes, offset: int) -> None:
+def _write_block(fd: int, data: bytes, offset: int, check_room: Callable[[int], None]) -> None:
+    check_room(len(data))
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
@@ -134,12 +140,21 @@ class Fill:
                     raise
                 if arrival is not None and not arrival.done():
                     arrival.set_result(data)
-                await ingest.run_io(_write_block, self.fd, data, lo)
-                self.bitmap[index >> 3] |= 1 << (index & 7)
                 metrics.COLD_BYTES_READ.labels(Traffic.DEMAND.value).inc(len(data))
+                try:
+                    await ingest.run_data_io(_write_block, self.fd, data, lo, self.filler.tier.data.check_room)
+                except errors.Unavailable as exc:
+                    self.filler.not_kept(self.version, exc)
+                    return data
+                self.bitmap[index >> 3] |= 1 << (index & 7)
                 metrics.FILL_SECONDS.observe(time.monotonic() - started)
-            state = await self.filler.tier.meta.mark_filled(self.version.bucket, self.version.key,
-                                                            self.version.version_id, [index])
+            try:
+                state = await self.filler.tier.meta.mark_filled(self.version.bucket, self.version.key,
+                                                                self.version.version_id, [index])
+            except errors.Unavailable as exc:
+                # Written but not recorded: this process reads it from the warm copy, a later fill fetches it again.
+                self.filler.not_kept(self.version, exc)
+                return data
             if state == RESIDENT:
                 self.complete = True
             return data
@@ -164,6 +179,15 @@ class Filler:
         self.tier = tier
         self.fills: dict[str, Fill] = {}
         self._opening: dict[str, asyncio.Future] = {}
+        self._warned_at = -_WARN_INTERVAL
+
+    def not_kept(self, version: ObjectVersion, exc: errors.AtollError) -> None:
+        """A block was served but not kept warm (disk full, metadata store unavailable): say so, once a minute."""
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_INTERVAL:
+            self._warned_at = now
+            log.warning("read-through of %s/%s serves blocks without keeping them: %s", version.bucket,
+                        version.key[:200], exc.message)
 
     async def read(self, link: Link, version: ObjectVersion, start: int, end: int) -> AsyncIterator[bytes] | None:
         """An iterator over bytes [start, end), or None when the version turned out resident (open it locally).
@@ -171,7 +195,10 @@ class Filler:
         if version.residency == ABSENT:
             if not await self._make_room(version.size):
                 return await self._pass_through(link, version, start, end)
-            version = await self._start(link, version)
+            try:
+                version = await self._start(link, version)
+            except errors.InsufficientStorage:
+                return await self._pass_through(link, version, start, end)
         if version.residency == RESIDENT:
             return None
         fill = await self._fill_for(link, version)
@@ -214,11 +241,15 @@ class Filler:
         future = asyncio.get_running_loop().create_future()
         self._opening[version.version_id] = future
         try:
-            blob_id = await ingest.run_io(self.tier.data.create_sparse, version.size)
+            blob_id = await ingest.run_data_io(self.tier.data.create_sparse, version.size)
             from atoll.core.tiering.tier import warm_seq_now
 
-            row = await self.tier.meta.start_fill(version.bucket, version.key, version.version_id, blob_id,
-                                                  self.tier.settings.fill_block_size, warm_seq_now())
+            try:
+                row = await self.tier.meta.start_fill(version.bucket, version.key, version.version_id, blob_id,
+                                                      self.tier.settings.fill_block_size, warm_seq_now())
+            except errors.AtollError:  # not recorded (a cancel may still commit it: then the blob must stay)
+                await ingest.run_io(self.tier.data.delete, blob_id)
+                raise
             if row is None or row.version_id != version.version_id or row.extents[0].blob_id != blob_id:
                 await ingest.run_io(self.tier.data.delete, blob_id)
             if row is None:

@@ -10,6 +10,7 @@ and in-flight work in memory, all of which a restart may lose without losing any
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from atoll import metrics
 from atoll.core.models import ABSENT, RESIDENT, STORED_HEADERS, Link, ObjectVersion
 from atoll.core.tiering.readthrough import Filler
 from atoll.stores.cold import links as cold_links
+from atoll.stores.cold.endpoint import CLOSED, BreakerSettings, Endpoint, TrafficPolicy
 from atoll.stores.cold.store import ColdObject, ColdStore, Timeouts, Traffic
 from atoll.stores.data.base import DataStore
 from atoll.stores.meta.base import MetaStore
@@ -44,6 +46,10 @@ class TierSettings:
     drain_bandwidth: int = 0
     stage_concurrency: int = 16
     timeouts: Timeouts = field(default_factory=Timeouts)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    traffic: TrafficPolicy = field(default_factory=TrafficPolicy)
+    degraded_latency: float = 1.0
+    writethrough_on_partition: str = "refuse"  # refuse | writeback
     cold_defaults: Mapping[str, str] = field(default_factory=dict)
     secrets_path: str = ""
 
@@ -113,6 +119,10 @@ class Tiering:
         self._lookups = SingleFlight()
         self._revalidated: dict[str, float] = {}
         self._visited: set[tuple[str, str, str]] = set()
+        self.endpoints: dict[str, Endpoint] = {}
+        self._uploading: set[tuple[str, str]] = set()
+        self._leftovers_due = 0.0
+        self._probers: dict[str, ColdStore] = {}  # endpoint key -> a store to probe it with
         self.filler = Filler(self)
 
     # links ---------------------------------------------------------------------------------------------
@@ -138,13 +148,49 @@ class Tiering:
         if store is None:
             secrets = self.secrets.get(link.bucket) if self.secrets else {}
             store = cold_links.build(link.url, {**link.options, **secrets}, self.settings.cold_defaults or {},
-                                     self.settings.timeouts)
+                                     self.settings.timeouts, self._endpoint)
             self._stores = {k: v for k, v in self._stores.items() if k[0] != link.bucket}
             self._stores[cache_key] = store
+            self._probers[store.endpoint.key] = store
         return store
 
     def stores(self) -> list[ColdStore]:
         return list(self._stores.values())
+
+    def _endpoint(self, key: str) -> Endpoint:
+        endpoint = self.endpoints.get(key)
+        if endpoint is None:
+            s = self.settings
+            endpoint = self.endpoints[key] = Endpoint(key, breaker=s.breaker, policy=s.traffic,
+                                                      degraded_latency=s.degraded_latency)
+        return endpoint
+
+    def reachable(self, link: Link) -> bool:
+        """False while the breaker of the link's endpoint is open (calls would fail at once)."""
+        try:
+            return self.store(link).health.breaker.state == CLOSED
+        except errors.AtollError:
+            return True  # a misconfigured link fails on use, with its own message
+
+    def check_endpoints(self) -> None:
+        """Probe endpoints whose breaker is due for a half-open probe, and quiet links with transfers that
+        stopped moving (a partition freezes open connections without an error): a dead link is found, and a
+        healed one noticed, without waiting for client traffic."""
+        for key, endpoint in list(self.endpoints.items()):
+            store = self._probers.get(key)
+            if store is None:
+                continue
+            breaker = endpoint.health.breaker
+            if breaker.state != CLOSED:
+                due = breaker.retry_after() == 0.0
+            else:
+                # Compared with the limit, not with ``quiet``: a success that landed after the stuck transfer
+                # last moved would otherwise keep the probe away for as long as the transfer stays stuck.
+                limit = max(2.0, store.timeouts.first_byte)
+                due = endpoint.quiet_for() > limit and time.time() - endpoint.health.last_success > limit
+            if due and endpoint.probe is None:
+                endpoint.probe = asyncio.get_running_loop().create_task(store.probe())
+                endpoint.probe.add_done_callback(lambda _task, e=endpoint: setattr(e, "probe", None))
 
     # lookups -------------------------------------------------------------------------------------------
     def version_from_cold(self, bucket: str, owner_id: str, cold: ColdObject, *, residency: str = ABSENT,
@@ -203,11 +249,16 @@ class Tiering:
         return version
 
     async def _revalidate(self, link: Link, owner_id: str, version: ObjectVersion) -> ObjectVersion | None:
+        if not self.reachable(link):
+            return dataclasses.replace(version, stale=True)  # not even asked: the breaker is open
+
         async def ask() -> ObjectVersion | None:
             try:
                 cold = await self.store(link).head_with_attributes(version.key, Traffic.DEMAND)
             except errors.ColdStoreUnavailable:
-                return version  # stale-if-error: the warm copy keeps serving while the cold store is away
+                # stale-if-error: the warm copy keeps serving while the cold store is away, and is checked
+                # again on its next read (nothing records this as a revalidation).
+                return dataclasses.replace(version, stale=True)
             self._revalidated[version.version_id] = time.monotonic()
             if len(self._revalidated) > 100000:
                 self._revalidated.clear()
@@ -229,7 +280,9 @@ class Tiering:
         """An absent version imported from a listing has no content type or user metadata (listings carry
         none): before its first GET answers, read them with one cold HEAD and record them. HEADs of such keys
         stay index-only."""
-        if version.residency != ABSENT or "content-type" in version.headers:
+        # warm_seq > 0: warm once (written here, or filled), then evicted; its row is whole, and replacing it with
+        # the cold object's would change its ETag and Last-Modified (an Azure ETag is no MD5) and drop checksums.
+        if version.residency != ABSENT or "content-type" in version.headers or version.warm_seq > 0:
             return version
 
         async def ask() -> ObjectVersion:
@@ -251,6 +304,59 @@ class Tiering:
             await self._revalidate(link, version.owner_id, version)
         except errors.AtollError:
             log.warning("could not re-read a changed cold object of bucket %s", link.bucket)
+
+    # uploads -------------------------------------------------------------------------------------------
+    async def upload(self, link: Link, version: ObjectVersion, traffic: Traffic) -> ColdObject:
+        """Send a wholly warm version to the link's cold store under its key. A multipart upload is recorded
+        before it starts, so that whatever a failure or a crash leaves in the cold store is found and aborted
+        (``clean_leftovers``), never left to cost money."""
+        from atoll.core.tiering.upload import PART_SIZE, upload_version
+
+        store = self.store(link)
+        record = None
+        if version.size > PART_SIZE and store.leaves_uploads:
+            record = await self.meta.note_cold_upload(link.bucket, version.key, time.time())
+        self._uploading.add((link.bucket, version.key))
+        try:
+            cold = await upload_version(store, self.data, version, traffic, attributes=join_attributes(version))
+        except BaseException:
+            self._leftovers_due = 0.0  # clean up at the drainer's next turn
+            raise
+        finally:
+            self._uploading.discard((link.bucket, version.key))
+        if record is not None:
+            await self.meta.forget_cold_upload(record)
+        return cold
+
+    async def clean_leftovers(self) -> int:
+        """Abort what recorded multipart uploads that never finished left in their cold stores; a record stays
+        until its cold store could be asked. Returns how many records were settled."""
+        if time.monotonic() < self._leftovers_due:
+            return 0
+        self._leftovers_due = time.monotonic() + 30.0
+        settled = 0
+        for record, bucket, key, _started in await self.meta.list_cold_uploads():
+            if (bucket, key) in self._uploading:
+                continue  # still running here (a record is only for uploads that may have died)
+            link = await self.link(bucket)
+            try:
+                if link is not None and self.reachable(link):
+                    aborted = await self.store(link).abort_leftovers(key)
+                    if aborted:
+                        log.info("aborted %d unfinished multipart upload(s) in the cold store of bucket %s",
+                                 aborted, bucket)
+                elif link is not None:
+                    # Its cold store is down: look again within a second, so the abort follows the heal
+                    # instead of the next 30 s round.
+                    self._leftovers_due = min(self._leftovers_due, time.monotonic() + 1.0)
+                    continue
+            except errors.AtollError as exc:
+                log.warning("cannot clean up an unfinished multipart upload in bucket %s yet (%s)", bucket,
+                            exc.message)
+                continue
+            await self.meta.forget_cold_upload(record)
+            settled += 1
+        return settled
 
     def after_write(self, link: Link, key: str) -> None:
         self._negative.pop((link.bucket, key), None)
@@ -284,7 +390,7 @@ class Tiering:
 
         loop = asyncio.get_running_loop()
         self.evictor = Evictor(self)
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task] = [loop.create_task(self._health_loop())]
         if primary:
             self.drainer = Drainer(self)
             self._tasks += [loop.create_task(self.drainer.run()), loop.create_task(self.evictor.run())]
@@ -293,6 +399,14 @@ class Tiering:
                 self._tasks.append(loop.create_task(runner.run()))
         else:
             self._tasks.append(loop.create_task(self._flush_loop()))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self.check_endpoints()
+            except Exception:  # noqa: BLE001
+                log.exception("checking cold endpoints failed")
 
     async def _flush_loop(self) -> None:
         while True:
@@ -306,6 +420,9 @@ class Tiering:
         drainer = getattr(self, "drainer", None)
         if drainer is not None:
             await drainer.stop()
+        for endpoint in self.endpoints.values():
+            if endpoint.probe is not None:
+                endpoint.probe.cancel()
         for task in getattr(self, "_tasks", []):
             task.cancel()
         for task in getattr(self, "_tasks", []):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from typing import AsyncIterator
 
 from atoll import errors
@@ -13,33 +11,10 @@ from atoll.core.models import ObjectVersion
 from atoll.stores.cold.store import ColdObject, ColdStore, Traffic
 from atoll.stores.data.base import DataStore
 
-CHUNK = 8 << 20
+CHUNK = 1 << 20  # the WAN scheduler paces uploads chunk by chunk; obstore gathers chunks into parts
 # obstore buffers one part per upload slot: PART_SIZE x PART_CONCURRENCY bytes per large upload in flight.
 PART_SIZE = 8 << 20
 PART_CONCURRENCY = 4
-
-
-class TokenBucket:
-    """A bandwidth cap shared by every transfer that takes from it (bytes per second; 0 = no cap)."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._tokens = float(rate)
-        self._stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def take(self, amount: int) -> None:
-        if self.rate <= 0:
-            return
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                if self._tokens >= min(amount, self.rate):
-                    self._tokens -= amount
-                    return
-                await asyncio.sleep((min(amount, self.rate) - self._tokens) / self.rate)
 
 
 def _open_extents(data: DataStore, version: ObjectVersion) -> list[tuple[int, int, int]]:
@@ -54,12 +29,10 @@ def _open_extents(data: DataStore, version: ObjectVersion) -> list[tuple[int, in
     return opened
 
 
-async def _chunks(opened: list[tuple[int, int, int]], bandwidth: TokenBucket | None) -> AsyncIterator[bytes]:
+async def _chunks(opened: list[tuple[int, int, int]]) -> AsyncIterator[bytes]:
     for fd, offset, length in opened:
         while length > 0:
             step = min(length, CHUNK)
-            if bandwidth is not None:
-                await bandwidth.take(step)
             data = await ingest.run_io(os.pread, fd, step, offset)
             if len(data) != step:
                 raise errors.Unavailable("Object data is shorter than its metadata; run atoll fsck.")
@@ -69,8 +42,7 @@ async def _chunks(opened: list[tuple[int, int, int]], bandwidth: TokenBucket | N
 
 
 async def upload_version(store: ColdStore, data: DataStore, version: ObjectVersion, traffic: Traffic, *,
-                         attributes: dict[str, str], bandwidth: TokenBucket | None = None,
-                         concurrency: int = PART_CONCURRENCY) -> ColdObject:
+                         attributes: dict[str, str], concurrency: int = PART_CONCURRENCY) -> ColdObject:
     """Upload the whole of ``version`` under its key. The blobs are opened first, so a concurrent overwrite and
     garbage collection cannot pull them away mid-transfer (raises FileNotFoundError if already gone)."""
     if version.residency != "resident":
@@ -79,10 +51,10 @@ async def upload_version(store: ColdStore, data: DataStore, version: ObjectVersi
     try:
         if version.size <= PART_SIZE:
             # One request: obstore buffers a single-part upload in memory, which is bounded here.
-            body = b"".join([chunk async for chunk in _chunks(opened, bandwidth)])
+            body = b"".join([chunk async for chunk in _chunks(opened)])
             return await store.put(version.key, body, version.size, traffic, attributes=attributes,
                                    part_size=PART_SIZE)
-        return await store.put(version.key, _chunks(opened, bandwidth), version.size, traffic,
+        return await store.put(version.key, _chunks(opened), version.size, traffic,
                                attributes=attributes, part_size=PART_SIZE, concurrency=concurrency)
     finally:
         for fd, _, _ in opened:

@@ -13,12 +13,14 @@ import fcntl
 import json
 import os
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, S3Store
 
 from atoll import errors
+from atoll.stores.cold.endpoint import Endpoint
+from atoll.stores.cold.leftovers import S3Leftovers
 from atoll.stores.cold.store import ColdStore, Timeouts, client_options, retry_config
 
 SCHEMES = ("az", "s3", "gs", "file", "https", "http")
@@ -117,9 +119,10 @@ class SecretFile:
 
 
 def build(url: str, options: Mapping[str, str], defaults: Mapping[str, str] | None = None,
-          timeouts: Timeouts | None = None) -> ColdStore:
+          timeouts: Timeouts | None = None, endpoint_for: Callable[[str], Endpoint] | None = None) -> ColdStore:
     """A ColdStore for ``url``; ``options`` are the link's (plain and secret merged), ``defaults`` the config's
-    ``[cold]`` table. Raises InvalidArgument for a bad URL or setting (never echoing a secret value)."""
+    ``[cold]`` table; ``endpoint_for(key)`` gives the Endpoint shared by links to the same account or endpoint.
+    Raises InvalidArgument for a bad URL or setting (never echoing a secret value)."""
     scheme, base, prefix = parse_url(url)
     timeouts = timeouts or Timeouts()
     settings: dict[str, str] = {}
@@ -136,6 +139,7 @@ def build(url: str, options: Mapping[str, str], defaults: Mapping[str, str] | No
     opts = client_options(timeouts, allow_http or scheme == "http")
     opts.update(client)
     name = url  # carries no credentials (parse_url refuses them)
+    key = endpoint_key(scheme, base, settings, _without_credentials(endpoint))
     try:
         if scheme == "az":
             store: Any = AzureStore(base, prefix=prefix or None, config=settings or None, client_options=opts,
@@ -159,4 +163,35 @@ def build(url: str, options: Mapping[str, str], defaults: Mapping[str, str] | No
         known = ", ".join(sorted(settings)) or "none"
         raise errors.InvalidArgument(f"cannot configure the {scheme}:// cold store ({type(exc).__name__}); "
                                      f"options given: {known}") from None
-    return ColdStore(store, name, timeouts)
+    leftovers = S3Leftovers(base, prefix, settings, settings.get("endpoint") or settings.get("aws_endpoint") or
+                            settings.get("aws_endpoint_url") or settings.get("endpoint_url") or "") \
+        if scheme == "s3" else None
+    return ColdStore(store, name, timeouts, endpoint_for(key) if endpoint_for else Endpoint(key), leftovers)
+
+
+def _without_credentials(url: str) -> str:
+    """A URL without user info, query or fragment: what may be logged and shown."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=host, query="", fragment="").geturl()
+
+
+def endpoint_key(scheme: str, base: str, settings: Mapping[str, str], endpoint: str) -> str:
+    """What links share a network path and an account: ``az://account``, ``s3://endpoint-or-region``,
+    ``gs://``, ``file://``, or the HTTP base URL. Never a credential."""
+    if scheme == "az":
+        account = settings.get("azure_storage_account_name") or settings.get("account_name") or \
+            os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
+        return f"az://{account}@{endpoint}" if endpoint else f"az://{account}"
+    if scheme == "s3":
+        region = settings.get("aws_region") or settings.get("region") or os.environ.get("AWS_REGION", "")
+        return f"s3://{endpoint or region or 'aws'}"
+    if scheme == "gs":
+        return "gs://"
+    if scheme == "file":
+        return "file://"
+    return base

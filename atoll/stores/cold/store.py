@@ -1,41 +1,49 @@
-"""One cold store behind a link: obstore calls with Atoll's timeouts, health and error mapping in one place.
+"""One cold store behind a link: obstore calls with Atoll's timeouts, retries, circuit breaker, traffic classes
+and error mapping in one place.
 
-Every call names its traffic class (a reader's miss, a staging job, the drain), so priorities and per-class
-limits are a change here, not in the callers. Errors leave this module as core errors only:
+Every call names its traffic class (a reader's miss, a staging job, the drain); the link's ``Endpoint`` (shared
+by every link to the same account or endpoint) holds the breaker, the health counters and the WAN scheduler.
+Errors leave this module as core errors only:
 
-    not found            -> None / FileNotFoundError is never raised to callers; ``head`` returns None
+    not found            -> None from ``head``; NoSuchKey from ``open``
     changed (If-Match)   -> errors.ColdObjectChanged
-    anything else        -> errors.ColdStoreUnavailable, with no URL, key or credential in the message
-                            (obstore's messages carry request URLs; they go to the debug log only)
+    anything else        -> errors.ColdStoreUnavailable (Retry-After), with no URL, key or credential in the
+                            message (obstore's messages carry request URLs; they go to the debug log only)
 
-Timeouts: obstore's ``connect_timeout`` bounds connects, its own ``timeout`` is set generously as a last resort,
-and this module bounds the wait for the first byte and for each further chunk (a stalled transfer is one whose
-bytes stop moving, whatever its total length).
+Time bounds: obstore bounds connects; this module bounds each attempt's wait for its first byte and the whole
+of a call's attempts (for demand traffic that is the client's deadline: ``first_byte``); idempotent calls are
+retried with full-jitter exponential backoff inside that deadline. Transfers already flowing are watched by
+their endpoint: one whose bytes stop moving for ``stall`` seconds, or for ``first_byte`` once the breaker has
+declared the link down, is cut (a stalled transfer is one whose bytes stop, whatever its total length).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
+import random
 import time
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import obstore
 
 from atoll import errors, metrics
+from atoll.stores.cold.endpoint import Endpoint, Health
+from atoll.stores.cold.traffic import Traffic
+
+__all__ = ["ColdObject", "ColdStore", "Timeouts", "Traffic", "cold_path", "client_options", "retry_config"]
 
 log = logging.getLogger("atoll.cold")
 
+T = TypeVar("T")
 MIN_UPLOAD_RATE = 256 << 10  # bytes/s: an upload slower than this over its whole length is given up and retried
-
-
-class Traffic(enum.Enum):
-    DEMAND = "demand"  # a client waits on it
-    STAGE = "stage"
-    DRAIN = "drain"
+_REACHABLE = (obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError,
+              obstore.exceptions.InvalidPathError, obstore.exceptions.NotSupportedError,
+              obstore.exceptions.AlreadyExistsError, obstore.exceptions.NotModifiedError)
+_PROBE_KEY = ".atoll-probe/absent"
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,37 +57,11 @@ class ColdObject:
 
 @dataclass(slots=True)
 class Timeouts:
-    connect: float = 5.0
-    first_byte: float = 10.0
-    stall: float = 30.0
-
-
-@dataclass(slots=True)
-class ClassStats:
-    requests: int = 0
-    failures: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-
-
-@dataclass(slots=True)
-class Health:
-    """What #4's status and circuit breaker read: per-class counters, last success and failure, latency."""
-
-    last_success: float = 0.0
-    last_failure: float = 0.0
-    last_error: str = ""
-    consecutive_failures: int = 0
-    latency_ewma: float = 0.0
-    per_class: dict[str, ClassStats] = field(default_factory=lambda: {t.value: ClassStats() for t in Traffic})
-
-    @property
-    def state(self) -> str:
-        if self.consecutive_failures >= 3:
-            return "partitioned"
-        if self.consecutive_failures or self.latency_ewma > 2.0:
-            return "degraded"
-        return "healthy"
+    connect: float = 3.0
+    first_byte: float = 3.0  # per attempt, and a client's whole wait on the WAN for a miss
+    stall: float = 30.0  # a flowing transfer whose bytes stop this long is cut
+    retries: int = 2  # extra attempts for idempotent calls
+    background_deadline: float = 30.0  # all attempts of a stage or drain call (excluding the transfer itself)
 
 
 def _unquote(etag: str | None) -> str:
@@ -108,189 +90,379 @@ def cold_path(key: str) -> str:
     return key
 
 
-class ColdStore:
-    """``store`` is an obstore store already scoped to the link's prefix; ``name`` is safe to log (no secrets)."""
+class _Answered(Exception):
+    """An obstore outcome that proves the link works (not found, precondition failed): carries the core error."""
 
-    def __init__(self, store: Any, name: str, timeouts: Timeouts | None = None) -> None:
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+class Transfer:
+    """A transfer in flight, watched by its endpoint. Its waits on the WAN go through ``guard``, which the
+    watchdog's ``expire`` interrupts (TimeoutError); ``progress()`` on every chunk. While the transfer's
+    consumer holds a chunk (``paused``), a slow consumer is not mistaken for a stalled link."""
+
+    __slots__ = ("traffic", "last", "idle_limit", "expired", "paused", "_waiting", "_interrupted")
+
+    def __init__(self, traffic: Traffic, idle_limit: float) -> None:
+        self.traffic = traffic
+        self.last = time.monotonic()
+        self.idle_limit = idle_limit
+        self.expired = False
+        self.paused = False
+        self._waiting: asyncio.Task | None = None  # the task blocked in ``guard`` right now
+        self._interrupted = False
+
+    def progress(self) -> None:
+        self.last = time.monotonic()
+
+    def expire(self) -> None:
+        """Cut the transfer: a task blocked in ``guard`` gets TimeoutError now, a later ``guard`` at once. Only
+        a task blocked inside ``guard`` is interrupted, never its consumer's own awaits (as asyncio.timeout
+        does, with the cancel counted and taken back)."""
+        if self.expired:
+            return
+        self.expired = True
+        if self._waiting is not None:
+            self._interrupted = True
+            self._waiting.cancel()
+
+    async def guard(self, awaitable: Awaitable[T]) -> T:
+        if self.expired:
+            raise TimeoutError
+        task = asyncio.current_task()
+        self._waiting = task
+        try:
+            result = await awaitable
+            if self._interrupted and task is not None:  # the awaitable swallowed our cancel
+                self._interrupted = False
+                task.uncancel()
+                raise TimeoutError
+            return result
+        except asyncio.CancelledError:
+            if self._interrupted and task is not None and task.uncancel() == 0:
+                self._interrupted = False
+                raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = None
+
+
+class ColdStore:
+    """``store`` is an obstore store already scoped to the link's prefix; ``name`` is safe to log (no secrets);
+    ``endpoint`` is shared with every other link to the same account or endpoint."""
+
+    def __init__(self, store: Any, name: str, timeouts: Timeouts | None = None,
+                 endpoint: Endpoint | None = None, leftovers: Any = None) -> None:
         self.store = store
         self.name = name
         self.timeouts = timeouts or Timeouts()
-        self.health = Health()
+        self.endpoint = endpoint or Endpoint(name)
+        self.leftovers = leftovers  # S3Leftovers for S3; None where a failed upload leaves nothing billable
 
-    # bookkeeping ---------------------------------------------------------------------------------------
-    def _ok(self, traffic: Traffic, started: float, bytes_in: int = 0, bytes_out: int = 0) -> None:
-        h = self.health
-        now = time.monotonic()
-        h.last_success = time.time()
-        h.consecutive_failures = 0
-        h.latency_ewma = 0.8 * h.latency_ewma + 0.2 * (now - started) if h.latency_ewma else now - started
-        stats = h.per_class[traffic.value]
-        stats.requests += 1
-        stats.bytes_in += bytes_in
-        stats.bytes_out += bytes_out
-        metrics.COLD_REQUESTS.labels(traffic.value, "ok").inc()
+    @property
+    def leaves_uploads(self) -> bool:
+        """Whether a multipart upload cut short can leave parts behind that must be aborted."""
+        return self.leftovers is not None
 
-    def _failed(self, traffic: Traffic, exc: BaseException) -> errors.AtollError:
-        h = self.health
-        h.last_failure = time.time()
-        h.consecutive_failures += 1
-        stats = h.per_class[traffic.value]
-        stats.requests += 1
-        stats.failures += 1
-        metrics.COLD_REQUESTS.labels(traffic.value, "error").inc()
+    async def abort_leftovers(self, key: str) -> int:
+        """Abort the multipart uploads of ``key`` that never completed; how many."""
+        if self.leftovers is None:
+            return 0
+        if not self.health.breaker.admit(probe_ok=False):
+            raise self.endpoint.refuse(Traffic.DRAIN)
+        return await asyncio.to_thread(self.leftovers.abort, cold_path(key))
+
+    @property
+    def health(self) -> Health:
+        return self.endpoint.health
+
+    # one request, with breaker, deadline and retries ---------------------------------------------------
+    def _failure(self, traffic: Traffic | None, exc: BaseException) -> errors.ColdStoreUnavailable:
         kind = "timed out" if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) else type(exc).__name__
-        h.last_error = kind
+        if self.health.failed(traffic, kind):
+            log.warning("cold endpoint %s is unreachable (%s); failing fast for %.0f s", self.endpoint.key, kind,
+                        self.health.breaker.retry_after())
+        if traffic is not None:
+            metrics.COLD_REQUESTS.labels(traffic.value, "error").inc()
         log.debug("cold store %s: %s: %s", self.name, kind, exc)
         return errors.ColdStoreUnavailable(f"The cold store of this bucket is unavailable ({kind}); retry later.",
                                            retry_after=2)
 
-    def count_bytes(self, traffic: Traffic, bytes_in: int = 0, bytes_out: int = 0) -> None:
-        stats = self.health.per_class[traffic.value]
-        stats.bytes_in += bytes_in
-        stats.bytes_out += bytes_out
+    def _success(self, traffic: Traffic | None, started: float) -> None:
+        if self.health.succeeded(traffic, time.monotonic() - started):
+            log.warning("cold endpoint %s is reachable again", self.endpoint.key)
+        if traffic is not None:
+            metrics.COLD_REQUESTS.labels(traffic.value, "ok").inc()
+
+    def _deadline(self, traffic: Traffic) -> float:
+        return self.timeouts.first_byte if traffic is Traffic.DEMAND else self.timeouts.background_deadline
+
+    async def _request(self, traffic: Traffic | None, call: Callable[[], Awaitable[T]], *,
+                       retry: bool = True, deadline: float | None = None) -> T:
+        """``call()`` once, or again after a transient failure while ``deadline`` allows. Each attempt's wait is
+        bounded by ``first_byte`` (and by what is left of the deadline)."""
+        breaker = self.health.breaker
+        budget = deadline if deadline is not None else self._deadline(traffic or Traffic.DRAIN)
+        begun = time.monotonic()
+        attempt = 0
+        while True:
+            # A client's miss is never the half-open probe: it would wait out a dead link's first-byte timeout
+            # while every other miss fails at once. The health loop probes instead.
+            if not breaker.admit(probe_ok=traffic is not Traffic.DEMAND):
+                raise self.endpoint.refuse(traffic or Traffic.DRAIN)
+            started = time.monotonic()
+            left = budget - (started - begun)
+            try:
+                result = await asyncio.wait_for(call(), max(0.05, min(self.timeouts.first_byte, left)))
+            except asyncio.CancelledError:
+                breaker.abandoned()
+                raise
+            except _REACHABLE as exc:
+                self._success(traffic, started)  # the link answered; the request itself was refused
+                raise errors.ColdStoreUnavailable(f"The cold store refused the request ({type(exc).__name__}); "
+                                                  "check the link's settings.", retry_after=30) from None
+            except _Answered as answered:
+                self._success(traffic, started)
+                if answered.error is None:
+                    return None  # type: ignore[return-value]
+                raise answered.error from None
+            except Exception as exc:  # noqa: BLE001 - mapped to one error kind
+                failure = self._failure(traffic, exc)
+                attempt += 1
+                left = budget - (time.monotonic() - begun)
+                pause = random.uniform(0, min(2.0, 0.1 * 2 ** attempt))  # full jitter
+                if not retry or attempt > self.timeouts.retries or breaker.state != "closed" or pause >= left:
+                    raise failure from None
+                self.health.retries += 1
+                await asyncio.sleep(pause)
+                continue
+            self._success(traffic, started)
+            return result
+
+    @asynccontextmanager
+    async def _transfer(self, traffic: Traffic, idle_limit: float | None = None) -> AsyncIterator[Transfer]:
+        """A flowing transfer: holds a class slot; the endpoint's watchdog cuts it when its bytes stop."""
+        async with self.endpoint.wan.slot(traffic):
+            transfer = Transfer(traffic, idle_limit or self.timeouts.stall)
+            with self.endpoint.watch(transfer, self.timeouts):
+                try:
+                    yield transfer
+                except TimeoutError:
+                    if not transfer.expired:
+                        raise
+                    raise self._failure(traffic, TimeoutError()) from None
 
     # calls ---------------------------------------------------------------------------------------------
     async def head(self, key: str, traffic: Traffic) -> ColdObject | None:
         path = cold_path(key)
-        started = time.monotonic()
-        try:
-            meta = await asyncio.wait_for(obstore.head_async(self.store, path), self.timeouts.first_byte)
-        except FileNotFoundError:
-            self._ok(traffic, started)
-            return None
-        except Exception as exc:  # noqa: BLE001 - mapped to one error kind
-            raise self._failed(traffic, exc) from None
-        self._ok(traffic, started)
-        return _meta_to_object(meta, key)
+
+        async def call() -> dict:
+            try:
+                return await obstore.head_async(self.store, path)
+            except FileNotFoundError:
+                raise _Answered(None) from None
+
+        meta = await self._request(traffic, call)
+        return None if meta is None else _meta_to_object(meta, key)
 
     async def head_with_attributes(self, key: str, traffic: Traffic) -> ColdObject | None:
         """HEAD with the object's attributes (content type, user metadata), which a plain head omits."""
         path = cold_path(key)
-        started = time.monotonic()
+
+        async def call() -> Any:
+            try:
+                return await obstore.get_async(self.store, path, options={"head": True})
+            except FileNotFoundError:
+                raise _Answered(None) from None
+
+        result = await self._request(traffic, call)
+        return None if result is None else _meta_to_object(result.meta, key, dict(result.attributes))
+
+    async def probe(self) -> bool:
+        """One cheap request that needs an answer from the endpoint (a HEAD of a key that does not exist):
+        the half-open breaker's probe, and the watchdog's check of a quiet link."""
+        async def call() -> None:
+            try:
+                await obstore.head_async(self.store, _PROBE_KEY)
+            except FileNotFoundError:
+                pass
         try:
-            result = await asyncio.wait_for(obstore.get_async(self.store, path, options={"head": True}),
-                                            self.timeouts.first_byte)
-        except FileNotFoundError:
-            self._ok(traffic, started)
-            return None
-        except Exception as exc:  # noqa: BLE001
-            raise self._failed(traffic, exc) from None
-        self._ok(traffic, started)
-        return _meta_to_object(result.meta, key, dict(result.attributes))
+            await self._request(None, call, retry=False, deadline=self.timeouts.first_byte)
+        except errors.AtollError:
+            return False
+        return True
 
     async def open(self, key: str, traffic: Traffic, *, start: int | None = None, end: int | None = None,
                    if_match: str | None = None, chunk_size: int = 1 << 20) -> tuple[ColdObject, AsyncIterator[bytes]]:
-        """GET (a range of) ``key``: its cold identity and an iterator over its bytes, each chunk bounded by the
-        stall timeout. Raises NoSuchKey when absent, ColdObjectChanged when ``if_match`` no longer holds."""
+        """GET (a range of) ``key``: its cold identity and an iterator over its bytes (a class slot is held
+        until the iterator ends or is closed). Raises NoSuchKey when absent, ColdObjectChanged when
+        ``if_match`` no longer holds."""
         path = cold_path(key)
         options: dict[str, Any] = {}
         if start is not None:
             options["range"] = (start, end) if end is not None else {"offset": start}
         if if_match:
             options["if_match"] = f'"{if_match}"'
-        started = time.monotonic()
-        try:
-            result = await asyncio.wait_for(obstore.get_async(self.store, path, options=options or None),
-                                            self.timeouts.first_byte)
-        except FileNotFoundError:
-            self._ok(traffic, started)
-            raise errors.NoSuchKey(key=key) from None
-        except obstore.exceptions.PreconditionError:
-            self._ok(traffic, started)
-            raise errors.ColdObjectChanged(key=key) from None
-        except Exception as exc:  # noqa: BLE001
-            raise self._failed(traffic, exc) from None
-        meta = result.meta
-        attributes = dict(result.attributes)
-        cold = _meta_to_object(meta, key, attributes)
-        self._ok(traffic, started)
+
+        async def call() -> Any:
+            try:
+                return await obstore.get_async(self.store, path, options=options or None)
+            except FileNotFoundError:
+                raise _Answered(errors.NoSuchKey(key=key)) from None
+            except obstore.exceptions.PreconditionError:
+                raise _Answered(errors.ColdObjectChanged(key=key)) from None
+
+        result = await self._request(traffic, call)
+        cold = _meta_to_object(result.meta, key, dict(result.attributes))
         return cold, self._chunks(result.stream(min_chunk_size=chunk_size), traffic)
 
     async def _chunks(self, stream: Any, traffic: Traffic) -> AsyncIterator[bytes]:
         iterator = stream.__aiter__()
-        stats = self.health.per_class[traffic.value]
-        while True:
-            try:
-                chunk = await asyncio.wait_for(iterator.__anext__(), self.timeouts.stall)
-            except StopAsyncIteration:
-                return
-            except Exception as exc:  # noqa: BLE001
-                raise self._failed(traffic, exc) from None
-            stats.bytes_in += len(chunk)
-            yield chunk
+        wan = self.endpoint.wan
+        async with self._transfer(traffic) as transfer:
+            while True:
+                try:
+                    chunk = await transfer.guard(iterator.__anext__())
+                except StopAsyncIteration:
+                    return
+                except (errors.AtollError, asyncio.CancelledError, TimeoutError):
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise self._failure(traffic, exc) from None
+                self.health.moved(traffic, bytes_in=len(chunk))
+                transfer.paused = True
+                try:
+                    yield chunk
+                finally:
+                    transfer.paused = False
+                    transfer.progress()
+                if traffic is not Traffic.DEMAND:
+                    await wan.pace(traffic, len(chunk))  # before asking the link for more
+                    transfer.progress()
 
     async def read_range(self, key: str, start: int, end: int, traffic: Traffic,
                          if_match: str | None = None) -> bytes:
         """Bytes [start, end) in memory: for fill blocks, which are bounded (a few MiB)."""
-        _, chunks = await self.open(key, traffic, start=start, end=end, if_match=if_match, chunk_size=end - start)
-        parts = [chunk async for chunk in chunks]
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        if len(data) != end - start:
+        _, chunks = await self.open(key, traffic, start=start, end=end, if_match=if_match, chunk_size=256 << 10)
+        buffer = bytearray()
+        async for chunk in chunks:
+            buffer += chunk
+        if len(buffer) != end - start:
             raise errors.ColdObjectChanged("The cold object is shorter than its listed size.", key=key)
-        return data
+        return bytes(buffer)
 
     async def put(self, key: str, source: Any, size: int, traffic: Traffic, *,
                   attributes: dict[str, str] | None = None, part_size: int = 8 << 20,
                   concurrency: int = 8) -> ColdObject:
-        """Upload ``source`` (an iterable or async iterable of buffers, or a path); objects larger than one part
-        go up as a multipart upload, which obstore aborts on failure. Returns the new cold identity."""
+        """Upload ``source`` (bytes, or an async iterable of buffers); objects larger than one part go up as a
+        multipart upload, which obstore aborts on failure. Returns the new cold identity. Bytes are retried
+        within the deadline; a stream is not (the caller redoes the whole upload)."""
         path = cold_path(key)
-        started = time.monotonic()
-        # A blackholed link must not hold an upload (and a client's write-through PUT) for obstore's own,
-        # hours-long timeout: allow the first-byte and stall times plus the size at a floor rate.
-        deadline = self.timeouts.first_byte + self.timeouts.stall + size / MIN_UPLOAD_RATE
-        try:
-            result = await asyncio.wait_for(
-                obstore.put_async(self.store, path, source, attributes=attributes or None,
-                                  use_multipart=size > part_size, chunk_size=part_size,
-                                  max_concurrency=concurrency),
-                deadline)
-        except Exception as exc:  # noqa: BLE001
-            raise self._failed(traffic, exc) from None
-        self._ok(traffic, started, bytes_out=size)
-        etag = _unquote(result.get("e_tag"))
-        return ColdObject(key=key, size=size, etag=etag, mtime=time.time())
+        multipart = size > part_size
+        # obstore pulls a few parts ahead, then sends: idle time between pulls covers that many parts' sending.
+        idle = self.timeouts.stall + (part_size * (concurrency + 1) if multipart else size) / MIN_UPLOAD_RATE
+        async with self._transfer(traffic, idle_limit=idle) as transfer:
+            body = source if isinstance(source, (bytes, bytearray, memoryview)) else \
+                self._pulled(source, transfer, traffic)
+
+            async def call() -> dict:
+                return await obstore.put_async(self.store, path, body, attributes=attributes or None,
+                                               use_multipart=multipart, chunk_size=part_size,
+                                               max_concurrency=concurrency)
+
+            result = await self._put_attempts(traffic, call, retry=body is source, transfer=transfer)
+            if body is source:
+                self.health.moved(traffic, bytes_out=size)
+        return ColdObject(key=key, size=size, etag=_unquote(result.get("e_tag")), mtime=time.time())
+
+    async def _put_attempts(self, traffic: Traffic, call: Callable[[], Awaitable[dict]], *, retry: bool,
+                            transfer: Transfer) -> dict:
+        """Uploads are bounded by the watchdog (bytes must keep moving), not by the first-byte timeout."""
+        breaker = self.health.breaker
+        attempt = 0
+        while True:
+            if not breaker.admit(probe_ok=False):
+                raise self.endpoint.refuse(traffic)
+            started = time.monotonic()
+            try:
+                result = await transfer.guard(call())
+            except (asyncio.CancelledError, TimeoutError):
+                raise
+            except _REACHABLE as exc:
+                self._success(traffic, started)
+                raise errors.ColdStoreUnavailable(f"The cold store refused the upload ({type(exc).__name__}); "
+                                                  "check the link's settings.", retry_after=30) from None
+            except Exception as exc:  # noqa: BLE001
+                failure = self._failure(traffic, exc)
+                attempt += 1
+                if not retry or attempt > self.timeouts.retries or breaker.state != "closed":
+                    raise failure from None
+                self.health.retries += 1
+                await asyncio.sleep(random.uniform(0, min(2.0, 0.1 * 2 ** attempt)))
+                transfer.progress()
+                continue
+            self._success(traffic, started)
+            return result
+
+    async def _pulled(self, source: Any, transfer: Transfer, traffic: Traffic) -> AsyncIterator[Any]:
+        """The upload's chunks, counted and paced as obstore pulls them."""
+        wan = self.endpoint.wan
+        async for chunk in source:
+            await wan.pace(traffic, len(chunk))
+            transfer.progress()
+            self.health.moved(traffic, bytes_out=len(chunk))
+            yield chunk
 
     async def delete(self, key: str, traffic: Traffic) -> None:
         path = cold_path(key)
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(obstore.delete_async(self.store, path), self.timeouts.first_byte * 3)
-        except FileNotFoundError:
-            pass
-        except Exception as exc:  # noqa: BLE001
-            raise self._failed(traffic, exc) from None
-        self._ok(traffic, started)
+
+        async def call() -> None:
+            try:
+                await obstore.delete_async(self.store, path)
+            except FileNotFoundError:
+                pass
+
+        await self._request(traffic, call)
 
     async def list(self, prefix: str, traffic: Traffic, *, offset: str | None = None,
                    page_size: int = 1000) -> AsyncIterator[list[ColdObject]]:
-        """Batches of cold objects under ``prefix`` in key order, after ``offset`` when given."""
-        started = time.monotonic()
-        try:
-            stream = obstore.list(self.store, prefix or None, offset=offset or None, chunk_size=page_size)
-            iterator = stream.__aiter__()
-            while True:
+        """Batches of cold objects under ``prefix`` in key order, after ``offset`` when given. Each page is
+        one request; a failed page is retried from where the listing stands."""
+        last = offset or None
+        retried = False
+        while True:
+            iterator = obstore.list(self.store, prefix or None, offset=last, chunk_size=page_size).__aiter__()
+
+            async def page() -> Any:
                 try:
-                    batch = await asyncio.wait_for(iterator.__anext__(), self.timeouts.first_byte * 3)
+                    return await iterator.__anext__()
                 except StopAsyncIteration:
-                    break
-                self._ok(traffic, started)
-                started = time.monotonic()
-                yield [_meta_to_object(m) for m in batch]
-        except errors.AtollError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise self._failed(traffic, exc) from None
+                    raise _Answered(None) from None
+
+            try:
+                while (batch := await self._request(traffic, page, retry=False)) is not None:
+                    objects = [_meta_to_object(m) for m in batch]
+                    if objects:
+                        last = objects[-1].key
+                        yield objects
+                    retried = False
+                return
+            except errors.ColdStoreUnavailable:
+                if retried or self.health.breaker.state != "closed":
+                    raise
+                retried = True  # one fresh listing from the last key seen
 
 
 def client_options(timeouts: Timeouts, allow_http: bool) -> dict[str, Any]:
-    # obstore's whole-request timeout would cut long streams; our stall and first-byte checks do that job.
+    # obstore's whole-request timeout would cut long streams; our first-byte checks and the watchdog do that.
     return {"connect_timeout": timedelta(seconds=timeouts.connect), "timeout": timedelta(hours=6),
             "allow_http": allow_http, "pool_idle_timeout": timedelta(seconds=50)}
 
 
-def retry_config(max_retries: int = 3) -> dict[str, Any]:
-    return {"max_retries": max_retries, "retry_timeout": timedelta(seconds=20),
-            "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5),
+def retry_config(max_retries: int = 2) -> dict[str, Any]:
+    # obstore's own retries cover the parts of multipart uploads (which this module cannot retry one by one);
+    # every other call is bounded by this module's deadlines, which cut obstore's retries short.
+    return {"max_retries": max_retries, "retry_timeout": timedelta(seconds=10),
+            "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2),
                         "base": 2}}
-

@@ -10,7 +10,24 @@ thread, never on the event loop, except ``open_blob`` which is a plain ``open(2)
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+
+@dataclass(slots=True)
+class FoundFile:
+    """A file found by a scan of the data store (fsck, start-up recovery): a committed blob when ``blob_id`` is
+    set, otherwise a temp file or a stray file lying where blobs live. ``where`` names it relative to the store
+    (for reports and ``remove_found``); ``size`` and ``changed`` (the later of its mtime and ctime, epoch
+    seconds) are None until ``stat_found``; ``pid`` is the process that was writing a temp file, when its name
+    says."""
+
+    where: str
+    blob_id: str | None
+    regular: bool = True
+    size: int | None = None
+    changed: float | None = None
+    pid: int | None = None
 
 
 class BlobWriter(Protocol):
@@ -42,6 +59,10 @@ class DataStore(Protocol):
     def open_for_fill(self, blob_id: str) -> int:
         """An fd open for reading and writing a blob made by ``create_sparse``."""
 
+    def check_room(self, size: int) -> None:
+        """Raise OSError(ENOSPC) if writing ``size`` more bytes of blob data would eat into the free space kept
+        for the metadata store. Writers call it themselves; fills writing through ``open_for_fill`` must too."""
+
     def copy_into(self, writer: BlobWriter, blob_id: str, offset: int, length: int) -> None:
         """Append ``length`` bytes of blob ``blob_id`` from ``offset`` to ``writer`` (in-kernel where possible)."""
 
@@ -57,3 +78,21 @@ class DataStore(Protocol):
 
     def iter_blob_ids(self):
         """Every committed blob id (for fsck)."""
+
+    # scans for fsck and start-up recovery
+    def scan_blobs(self, changed_since: float | None = None) -> Iterator[FoundFile]:
+        """Every file where committed blobs live, from directory listings (no ``stat`` per file: size and change
+        time are left for ``stat_found``). With ``changed_since``, only those in regions changed at or after it:
+        a superset of the blobs committed since then, found without looking at the others."""
+
+    def scan_temp_files(self) -> Iterator[FoundFile]:
+        """Every temp file (blobs being written, or left by a crash), with size and change time."""
+
+    def stat_found(self, found: FoundFile) -> FoundFile | None:
+        """``found`` with its size and change time; None if it is gone."""
+
+    def blob_size(self, blob_id: str) -> int | None:
+        """The size of a committed blob, None if it does not exist."""
+
+    def remove_found(self, found: FoundFile) -> bool:
+        """Remove a file a scan found (not a directory); False if it was gone already or is not a file."""

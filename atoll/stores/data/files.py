@@ -10,17 +10,32 @@ crash leaves either no blob or a whole, fsynced one. A fan-out directory is made
 directory itself survives a crash) the first time a blob lands in it; a process remembers which exist, so a
 PUT pays for a ``mkdir`` at most once per directory. Making all 4096 at start cost 5 s on a discard-mounted
 ext4, for every start of every server.
+
+Blob writes stop short of a full disk: they fail with ENOSPC once the filesystem's free space would drop below a
+reserve (1% of its size, at least 4 MiB, at most 256 MiB). The reserve is for the metadata store, which lives
+on the same filesystem: with a disk full of blobs, a DELETE must still commit, or no client could free space.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
+import re
 import secrets
+import stat
+from typing import Iterator
+
+from atoll.stores.data.base import FoundFile
 
 _FANOUT_HEX = 3
+_BLOB_NAME = re.compile(r"[0-9a-f]{32}")
 _COPY_CHUNK = 64 << 20
+_RESERVE_FRACTION = 100  # 1% of the filesystem ...
+_RESERVE_MIN = 4 << 20  # ... but at least this ...
+_RESERVE_MAX = 256 << 20  # ... and at most this stays free of blob data
+_ROOM_CHECK_STEP = 1 << 20  # a writer checks the free space again after this many bytes
 
 
 def _fsync_dir(path: str) -> None:
@@ -52,7 +67,7 @@ WRITEBACK_STEP = 8 << 20
 
 
 class FileBlobWriter:
-    __slots__ = ("blob_id", "_store", "_tmp", "_fd", "_done", "_written", "_flushed")
+    __slots__ = ("blob_id", "_store", "_tmp", "_fd", "_done", "_written", "_flushed", "_room_checked")
 
     def __init__(self, store: "FileDataStore", blob_id: str) -> None:
         self.blob_id = blob_id
@@ -62,12 +77,17 @@ class FileBlobWriter:
         self._done = False
         self._written = 0
         self._flushed = 0
+        self._room_checked = -_ROOM_CHECK_STEP
 
     @property
     def fd(self) -> int:
         return self._fd
 
     def write(self, data: bytes | memoryview) -> None:
+        if self._written - self._room_checked >= _ROOM_CHECK_STEP:
+            # Every MiB, not every write: concurrent writers overshoot the reserve by at most a MiB each.
+            self._store.check_room(len(data))
+            self._room_checked = self._written
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
@@ -106,6 +126,8 @@ class FileDataStore:
         self.blob_dir = os.path.join(self.root, "blobs")
         self.tmp_dir = os.path.join(self.root, "tmp")
         self._prepare()
+        st = os.statvfs(self.root)
+        self.reserve = min(max(st.f_blocks * st.f_frsize // _RESERVE_FRACTION, _RESERVE_MIN), _RESERVE_MAX)
 
     def _prepare(self) -> None:
         for path in (self.tmp_dir, self.blob_dir):
@@ -125,6 +147,11 @@ class FileDataStore:
         # yet, and a blob committed into a directory whose own entry is lost is lost with it.
         _fsync_dir(self.blob_dir)
         self._fanout_dirs.add(path)
+
+    def check_room(self, size: int) -> None:
+        st = os.statvfs(self.root)
+        if st.f_bavail * st.f_frsize - size < self.reserve:
+            raise OSError(errno.ENOSPC, "the data directory's filesystem is down to its free-space reserve")
 
     def new_blob_id(self) -> str:
         return secrets.token_hex(16)
@@ -160,6 +187,7 @@ class FileDataStore:
         src = self.open_blob(blob_id)
         try:
             while length > 0:
+                self.check_room(min(length, _COPY_CHUNK))
                 try:
                     n = os.copy_file_range(src, writer.fd, min(length, _COPY_CHUNK), offset)
                 except OSError as exc:
@@ -200,3 +228,77 @@ class FileDataStore:
     def iter_blob_ids(self):
         for sub in sorted(os.listdir(self.blob_dir)):
             yield from os.listdir(os.path.join(self.blob_dir, sub))
+
+    # scans for fsck and start-up recovery ----------------------------------------------------------------
+    def scan_blobs(self, changed_since: float | None = None) -> Iterator[FoundFile]:
+        """A fan-out directory whose mtime is older than ``changed_since`` is skipped unread: a blob renamed into
+        it since would have changed that. Names and types come from the listing (d_type), not from a stat."""
+        with os.scandir(self.blob_dir) as top:
+            subs = sorted(top, key=lambda e: e.name)
+        for sub in subs:
+            where = f"blobs/{sub.name}"
+            if not sub.is_dir(follow_symlinks=False):
+                yield FoundFile(where, None, regular=sub.is_file(follow_symlinks=False))  # beside the fan-out
+                continue
+            if changed_since is not None:
+                try:
+                    st = sub.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if max(st.st_mtime, st.st_ctime) < changed_since:
+                    continue
+            try:
+                with os.scandir(sub.path) as entries:
+                    listed = [(e.name, e.is_file(follow_symlinks=False)) for e in entries]
+            except FileNotFoundError:
+                continue
+            for name, regular in listed:
+                blob_id = name if regular and _is_blob_name(name, sub.name) else None
+                yield FoundFile(f"{where}/{name}", blob_id, regular=regular)
+
+    def scan_temp_files(self) -> Iterator[FoundFile]:
+        with os.scandir(self.tmp_dir) as entries:
+            names = [(e.name, e.is_file(follow_symlinks=False)) for e in entries]
+        for name, regular in names:
+            pid = name.rpartition(".")[2]
+            found = self.stat_found(FoundFile(f"tmp/{name}", None, regular=regular,
+                                              pid=int(pid) if pid.isdigit() else None))
+            if found is not None:
+                yield found
+
+    def stat_found(self, found: FoundFile) -> FoundFile | None:
+        path = self._found_path(found)
+        if path is None:
+            return None
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        return dataclasses.replace(found, size=st.st_size, changed=max(st.st_mtime, st.st_ctime),
+                                   regular=stat.S_ISREG(st.st_mode))
+
+    def blob_size(self, blob_id: str) -> int | None:
+        try:
+            return os.stat(self.blob_path(blob_id)).st_size
+        except FileNotFoundError:
+            return None
+
+    def remove_found(self, found: FoundFile) -> bool:
+        path = self._found_path(found)
+        if path is None or not found.regular:
+            return False
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _found_path(self, found: FoundFile) -> str | None:
+        parts = found.where.split("/")
+        if parts[0] not in ("blobs", "tmp") or any(p in ("", ".", "..") for p in parts):
+            return None  # not a name a scan of this store makes
+        return os.path.join(self.root, *parts)
+
+
+def _is_blob_name(name: str, fanout: str) -> bool:
+    return name.startswith(fanout) and _BLOB_NAME.fullmatch(name) is not None

@@ -136,8 +136,9 @@ class MetaStore(Protocol):
     async def list_links(self) -> list[Link]: ...
 
     async def delete_link(self, bucket: str) -> bool:
-        """Refused (InvalidRequest) while the bucket has journaled writes. Absent rows go (they cannot be read
-        without the link); warm rows stay as local objects."""
+        """Refused (InvalidRequest) while the bucket has journaled writes. Absent and partial rows go (their
+        missing bytes cannot be read without the link; a partial one's blob becomes garbage); resident rows stay
+        as local objects."""
 
     async def put_group(self, group: CheckpointGroup) -> None: ...
 
@@ -164,7 +165,9 @@ class MetaStore(Protocol):
     async def set_cold_identity(self, bucket: str, key: str, version_id: str, cold_etag: str,
                                 cold_mtime: float) -> None: ...
 
-    async def resident_bytes(self) -> int: ...
+    async def resident_bytes(self, bucket: str | None = None) -> int:
+        """Bytes held by the warm tier (partial fills count whole): the whole tier's counter, or one bucket's
+        sum (a scan of the bucket's rows: for status and scrapes, not for hot paths)."""
 
     async def eviction_candidates(self, after_seq: int, limit: int) -> list[tuple]:
         """(bucket, key, version_id, warm_seq, visited, size, evictable) of warm versions of linked buckets in
@@ -181,14 +184,31 @@ class MetaStore(Protocol):
     async def pinned_bytes(self, bucket: str | None = None) -> int: ...
 
     # tiering: the write-back journal
-    async def take_drain(self, limit: int, lease: float) -> list[DrainEntry]:
-        """Claim due entries, oldest first, for ``lease`` seconds."""
+    async def take_drain(self, limit: int, lease: float, skip_buckets: Sequence[str] = ()) -> list[DrainEntry]:
+        """Claim due entries, oldest first, for ``lease`` seconds; none of ``skip_buckets`` (whose cold stores
+        are unreachable: their entries wait without being touched)."""
+
+    async def renew_drain(self, entries: Sequence[DrainEntry], lease: float) -> None:
+        """Extend the claims of entries still being drained (a long upload outlives one lease)."""
 
     async def finish_drain(self, entry: DrainEntry, uploaded_modified: float | None = None) -> bool:
         """Remove the entry if it still names the drained write (and, for a put, the uploaded metadata);
         otherwise make the newer entry due at once and return False."""
 
-    async def release_drain(self, entry: DrainEntry, delay: float, error: str = "") -> None: ...
+    async def release_drain(self, entry: DrainEntry, delay: float, error: str = "") -> None:
+        """Give a claimed entry back, due again after ``delay`` (a failure when ``error`` is set). If a newer
+        write replaced it meanwhile, the newer entry (which kept the claim) is due after ``delay`` too, with no
+        failure counted."""
+
+    # tiering: multipart uploads to cold stores that may be left half-done by a failure or a crash
+    async def note_cold_upload(self, bucket: str, key: str, started: float) -> int:
+        """Record, before it begins, a multipart upload to a cold store; returns its record id."""
+
+    async def forget_cold_upload(self, upload: int) -> None:
+        """The upload completed, or whatever it left in the cold store was aborted."""
+
+    async def list_cold_uploads(self, limit: int = 1000) -> list[tuple[int, str, str, float]]:
+        """(id, bucket, key, started) of recorded uploads, oldest first."""
 
     async def reset_drain_claims(self) -> int: ...
 
@@ -227,3 +247,52 @@ class MetaStore(Protocol):
                          state: str | None = None, progress: dict | None = None, error: str | None = None) -> str:
         """Record progress and renew the lease while ``owner`` holds it; returns the state (it may have become
         'cancelled'), 'lost' if another owner holds it, 'gone' if it does not exist."""
+
+    # consistency: atoll fsck and start-up recovery (tests/contract/test_metastore_fsck.py) ---------------------
+    # Scans page in key order so a check of a million rows never holds them all; repairs are conditional, each
+    # one transaction, and change nothing when the row moved on meanwhile (fsck may run beside a server).
+    async def scan_objects(self, after: tuple[str, str] | None, limit: int) -> list[ObjectVersion]:
+        """Up to ``limit`` current versions of every bucket in (bucket, key) order after ``after``, including
+        rows of buckets that no longer exist."""
+
+    async def scan_parts(self, after: tuple[str, int] | None, limit: int) -> list[Part]:
+        """Parts of every upload in progress, in (upload_id, part_number) order after ``after``."""
+
+    async def scan_garbage(self, after: str, limit: int) -> list[str]:
+        """Blob ids waiting to be collected, in order, after ``after``."""
+
+    async def scan_drain(self, after: tuple[str, str] | None, limit: int) -> list[tuple[DrainEntry, float]]:
+        """Journal entries in (bucket, key) order after ``after``, each with the time until which it is claimed
+        or backing off (in the past when it is due)."""
+
+    async def stale_fills(self) -> list[str]:
+        """Version ids of block maps whose version is not a current partial row (a block map lives and dies
+        with its partial version; anything else is a leftover)."""
+
+    async def unreferenced_blobs(self, blob_ids: Sequence[str]) -> set[str]:
+        """Those of ``blob_ids`` that no object extent, part or garbage record refers to, from one snapshot."""
+
+    async def count_resident_bytes(self) -> tuple[int, int]:
+        """(the resident-bytes counter, the sum it should hold), from one snapshot."""
+
+    async def recount_resident_bytes(self) -> tuple[int, int]:
+        """Set the resident-bytes counter to what the rows say; returns (old value, new value)."""
+
+    async def reset_to_absent(self, bucket: str, key: str, version_id: str, new_version_id: str) -> bool:
+        """Give up the warm bytes of the current version ``version_id`` when the cold store has them (a cold
+        identity and no journal entry): the row becomes absent under ``new_version_id``, so state a process
+        keeps by version id (a fill in progress, a cached body) cannot be taken for the copy fetched next; its
+        blobs become garbage and its block map goes. False, changing nothing, if the key moved on, is absent
+        already, has no cold identity or is dirty."""
+
+    async def drop_version(self, bucket: str, key: str, version_id: str) -> ObjectVersion | None:
+        """Remove the row of the current version ``version_id`` whose bytes are lost, with its block map and a
+        journal put entry naming it (nothing is left to upload); its blobs become garbage. Returns the removed
+        version, None if the key moved on."""
+
+    async def drop_part(self, upload_id: str, part_number: int, blob_id: str) -> bool:
+        """Remove a part whose blob is lost or corrupt if it still names ``blob_id`` (the blob becomes
+        garbage); a Complete naming it then fails with InvalidPart and the client uploads it again."""
+
+    async def forget_fill(self, version_id: str) -> bool:
+        """Remove a stale block map; False, changing nothing, while its version is a current partial row."""

@@ -1,0 +1,127 @@
+"""Who uses a data directory now, and whether the last server using it stopped cleanly.
+
+``<data_dir>/run/serve.lock`` is locked (``flock``, exclusive) by a server for as long as any of its processes
+lives (workers inherit the descriptor across ``fork``) and by ``atoll fsck --repair`` while it repairs. The
+kernel drops the lock when the last holder dies, SIGKILL included, so "does a server run here" has a reliable
+answer, and neither a second server nor an offline repair can start beside a running server.
+
+``<data_dir>/run/incarnation`` holds the running (or last) server's start time. A clean stop removes it; a server
+that finds it at start knows the previous one did not stop cleanly, and from when on it may have left blobs
+that no metadata commit refers to (atoll.core.recovery reclaims them).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+
+LOCK_NAME = "serve.lock"
+MARKER_NAME = "incarnation"
+
+
+class DataDirBusy(Exception):
+    """Another process holds the data directory's lock."""
+
+
+def run_dir(data_dir: str) -> str:
+    return os.path.join(os.path.abspath(data_dir), "run")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DataDirLock:
+    """The exclusive lock of a data directory, held until ``release`` or the death of every process that
+    inherited it. Nothing else may close its descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, data_dir: str, wait: float = 0.0) -> "DataDirLock":
+        """Take the lock, retrying for up to ``wait`` seconds (the processes of a server killed a moment ago
+        may still be exiting). Raises DataDirBusy."""
+        os.makedirs(run_dir(data_dir), mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(run_dir(data_dir), LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise DataDirBusy(data_dir) from None
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def in_use(data_dir: str) -> bool:
+    """Whether a server (or an offline repair) holds the data directory now."""
+    if not os.path.exists(os.path.join(run_dir(data_dir), LOCK_NAME)):
+        return False
+    try:
+        DataDirLock.acquire(data_dir).release()
+    except DataDirBusy:
+        return True
+    return False
+
+
+def unclean_since(data_dir: str) -> float | None:
+    """The start time of a server that did not stop cleanly (0.0 if its marker is unreadable: assume the worst),
+    or None if the last one stopped cleanly (or none ever ran)."""
+    try:
+        with open(os.path.join(run_dir(data_dir), MARKER_NAME), encoding="utf-8") as f:
+            return float(json.load(f)["started"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def begin(data_dir: str, started: float) -> None:
+    """Record that a server started at ``started`` is running (durably, before it writes anything)."""
+    directory = run_dir(data_dir)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, MARKER_NAME)
+    tmp = f"{path}.{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps({"started": started, "pid": os.getpid()}).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def end(data_dir: str) -> None:
+    """Record a clean stop: every process of the server has exited and left nothing half done."""
+    directory = run_dir(data_dir)
+    try:
+        os.unlink(os.path.join(directory, MARKER_NAME))
+    except FileNotFoundError:
+        return
+    _fsync_dir(directory)
