@@ -286,6 +286,14 @@ def run(settings: Settings) -> int:
         if not settings.keep:
             shutil.rmtree(base, ignore_errors=True)
 
+    drain = {"state_in_partition": state_in_partition, "closed_after": closed_after, "drained_after": drained_after}
+    lost = report(settings, readers, writer, sampler, drain, result)
+    return 1 if lost or drained_after is None else 0
+
+
+def report(settings: Settings, readers: WarmReaders, writer: Writer, sampler: Sampler, drain: dict,
+           result: dict) -> int:
+    """Print the table; returns the number of objects lost."""
     healthy, healthy_errors = readers.take("healthy")
     partitioned, partition_errors = readers.take("partition")
     after, after_errors = readers.take("healed")
@@ -311,13 +319,14 @@ def run(settings: Settings) -> int:
     print()
     print("| after the partition began | |")
     print("|---|---|")
-    print(f"| cold store state at the end of the partition | {state_in_partition} |")
+    print(f"| cold store state at the end of the partition | {drain['state_in_partition']} |")
     print(f"| backlog peak | {sampler.peak('partition', 2):,.0f} objects, "
           f"{sampler.peak('partition', 3) / MIB:,.1f} MiB |")
     print(f"| recovery point peak | {sampler.peak('partition', 4):,.0f} s |")
+    closed_after, drained_after = drain["closed_after"], drain["drained_after"]
     print(f"| breaker closed after the heal | {'-' if closed_after is None else f'{closed_after:.1f} s'} |")
-    print(f"| time to drain after the heal | "
-          f"{'NOT DRAINED in %.0f s' % settings.drain_timeout if drained_after is None else f'{drained_after:.1f} s'} |")
+    drained = f"NOT DRAINED in {settings.drain_timeout:.0f} s" if drained_after is None else f"{drained_after:.1f} s"
+    print(f"| time to drain after the heal | {drained} |")
     print(f"| warm reads while draining (p50 / p99, errors) | {ms(after, 50)} / {ms(after, 99)}, "
           f"{len(after_errors)} |")
     print(f"| objects checked in the cold store | {result['checked']:,} (byte-exact, SHA-256) |")
@@ -331,7 +340,7 @@ def run(settings: Settings) -> int:
     for errors in (healthy_errors, partition_errors, after_errors):
         if errors:
             print(f"read errors (first 5): {errors[:5]}")
-    return 1 if lost or drained_after is None else 0
+    return lost
 
 
 def main() -> None:

@@ -145,7 +145,10 @@ async def test_start_fill_and_mark_filled_to_resident(meta_store):
     assert await meta_store.mark_filled(bucket, "obj", absent.version_id, [0]) == PARTIAL  # idempotent
     assert await meta_store.get_fill(absent.version_id) == (4, b"\x01")
     assert await meta_store.mark_filled(bucket, "obj", "other-version", [1, 2]) is None
-    assert await meta_store.mark_filled(bucket, "obj", absent.version_id, [2, 1]) == RESIDENT
+    # Blocks written to another blob (a warm copy since evicted) are not recorded for this one.
+    assert await meta_store.mark_filled(bucket, "obj", absent.version_id, [1, 2], blob_id=blob()) is None
+    assert await meta_store.get_fill(absent.version_id) == (4, b"\x01")
+    assert await meta_store.mark_filled(bucket, "obj", absent.version_id, [2, 1], blob_id=sparse) == RESIDENT
     assert await meta_store.get_fill(absent.version_id) is None
     done = await meta_store.get_object(bucket, "obj")
     assert (done.residency, done.extents, done.cold_etag) == (RESIDENT, [Extent(sparse, 0, 10)], absent.etag)

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(180)
 
 PART = 64 << 10
 MP_ENV = {"ATOLL_MIN_PART_SIZE": str(PART)}
-GRACE = 5  # seconds: --grace of the online checks
+GRACE = 3  # seconds: --grace of the online checks
 
 
 # helpers ---------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import time
 
 import pytest
 
-from wanutil import (COLD_KINDS, MiB, admin_call, backlog, link, meta_query, presigned_client, sha256, start_server,
+from wanutil import (COLD_KINDS, MiB, admin_call, backlog, link, meta_query, no_retry_client, sha256, start_server,
                      stop_server, timed_get, wait_drained, wait_until)
 
 pytestmark = pytest.mark.timeout(180)
@@ -125,7 +125,7 @@ def test_slow_link_background_work_finishes_and_a_miss_goes_first(server, cold_s
     for key, body in {**staged, **misses}.items():
         cold.put(key, body)
     bucket = link(server, cold, "writeback")
-    s3 = presigned_client(server)
+    s3 = no_retry_client(server)
     urls = {key: s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}) for key in misses}
 
     drained = {f"drain/obj-{i}": os.urandom(OBJECT_SIZE) for i in range(DRAIN_OBJECTS)}
@@ -161,7 +161,8 @@ def test_slow_link_background_work_finishes_and_a_miss_goes_first(server, cold_s
     summary = (f"{kind}: 1 MiB miss {idle.seconds:.2f} s on the idle link, {busy.seconds:.2f} s during staging "
                f"and the drain (fair share: {idle.seconds + fair_extra:.2f} s; {down_during / MiB:.1f} MiB came in "
                f"meanwhile); staging was {stage_state} at {progress.get('objects_done')}/{STAGE_OBJECTS} objects, "
-               f"{left_to_drain} writes waited to drain (both moving {moving_after:.1f} s after the start); staging done after {stage_seconds:.1f} s, drain after "
+               f"{left_to_drain} writes waited to drain (both moving {moving_after:.1f} s after the start); "
+               f"staging done after {stage_seconds:.1f} s, drain after "
                f"{drain_seconds:.1f} s, {stalls} stalls of {STALL_SECONDS:.0f} s")
     print(summary)
     for answer, key in ((idle, "miss/idle"), (busy, "miss/busy")):

@@ -174,8 +174,10 @@ class ColdSites:
                 for upload in client.list_multipart_uploads(Bucket=side.container).get("Uploads", []):
                     client.abort_multipart_upload(Bucket=side.container, Key=upload["Key"],
                                                   UploadId=upload["UploadId"])
-                for name in side.names():
-                    client.delete_object(Bucket=side.container, Key=name)
+                names = list(side.names())
+                for at in range(0, len(names), 1000):
+                    client.delete_objects(Bucket=side.container, Delete={
+                        "Objects": [{"Key": name} for name in names[at:at + 1000]], "Quiet": True})
                 client.delete_bucket(Bucket=side.container)
             else:
                 side.server.delete_container(side.container)
@@ -257,24 +259,16 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
         time.sleep(interval)
 
 
-def presigned_client(server: AtollProcess):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
-                        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-                        config=Config(signature_version="s3v4", retries={"total_max_attempts": 1}))
-
-
 def no_retry_client(server: AtollProcess, read_timeout: float = 60):
-    """A boto3 client that shows Atoll's first answer (boto3 would retry a 503 itself)."""
+    """A boto3 client that shows Atoll's first answer (boto3 would retry a 503 itself); its presigned URLs are
+    SigV4 (boto3 would make SigV2 ones in us-east-1)."""
     import boto3
     from botocore.config import Config
 
     return boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
                         aws_secret_access_key=server.secret_key, region_name="us-east-1",
-                        config=Config(retries={"total_max_attempts": 1}, connect_timeout=5,
-                                      read_timeout=read_timeout))
+                        config=Config(signature_version="s3v4", retries={"total_max_attempts": 1},
+                                      connect_timeout=5, read_timeout=read_timeout))
 
 
 def sha256(data: bytes) -> str:

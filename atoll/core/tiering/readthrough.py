@@ -150,7 +150,8 @@ class Fill:
                 metrics.FILL_SECONDS.observe(time.monotonic() - started)
             try:
                 state = await self.filler.tier.meta.mark_filled(self.version.bucket, self.version.key,
-                                                                self.version.version_id, [index])
+                                                                self.version.version_id, [index],
+                                                                blob_id=self.version.extents[0].blob_id)
             except errors.Unavailable as exc:
                 # Written but not recorded: this process reads it from the warm copy, a later fill fetches it again.
                 self.filler.not_kept(self.version, exc)
@@ -265,20 +266,28 @@ class Filler:
         finally:
             del self._opening[version.version_id]
 
-    async def _fill_for(self, link: Link, version: ObjectVersion) -> Fill | None:
+    def _open_fill(self, version: ObjectVersion) -> Fill | None:
+        """The Fill of this warm copy of ``version``: one evicted and filled again has a new blob, and the old
+        copy's Fill (still serving its readers) must not stand for it."""
         fill = self.fills.get(version.version_id)
-        if fill is not None and not fill.closed:
+        if fill is None or fill.closed or fill.version.extents[0].blob_id != version.extents[0].blob_id:
+            return None
+        return fill
+
+    async def _fill_for(self, link: Link, version: ObjectVersion) -> Fill | None:
+        fill = self._open_fill(version)
+        if fill is not None:
             return fill
         state = await self.tier.meta.get_fill(version.version_id)
         if state is None:
             return None  # became resident meanwhile (another process finished it)
-        fill = self.fills.get(version.version_id)  # another reader may have made it while we looked
-        if fill is not None and not fill.closed:
+        fill = self._open_fill(version)  # another reader may have made it while we looked
+        if fill is not None:
             return fill
         block_size, bitmap = state
         fd = await ingest.run_io(self.tier.data.open_for_fill, version.extents[0].blob_id)
-        fill = self.fills.get(version.version_id)  # and while we opened the blob: one Fill per version, or
-        if fill is not None and not fill.closed:  # each reader would fetch every block for itself
+        fill = self._open_fill(version)  # and while we opened the blob: one Fill per version, or
+        if fill is not None:  # each reader would fetch every block for itself
             os.close(fd)
             return fill
         fill = Fill(self, link, version, fd, block_size, bitmap)

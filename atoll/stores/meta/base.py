@@ -158,9 +158,10 @@ class MetaStore(Protocol):
     async def get_fill(self, version_id: str) -> tuple[int, bytes] | None:
         """(block size, bitmap) of a partial version; None once resident or gone."""
 
-    async def mark_filled(self, bucket: str, key: str, version_id: str, blocks: Sequence[int]) -> str | None:
+    async def mark_filled(self, bucket: str, key: str, version_id: str, blocks: Sequence[int],
+                          blob_id: str | None = None) -> str | None:
         """Record durable blocks; the version turns resident when all are. Returns the residency, or None if
-        the version is no longer current."""
+        the version is no longer current (or, given ``blob_id``, its warm copy is another blob by now)."""
 
     async def set_cold_identity(self, bucket: str, key: str, version_id: str, cold_etag: str,
                                 cold_mtime: float) -> None: ...

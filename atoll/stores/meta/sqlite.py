@@ -761,16 +761,20 @@ class SqliteMetaStore:
                                    (version_id,)).fetchone()
         return (row[0], bytes(row[1])) if row else None
 
-    async def mark_filled(self, bucket: str, key: str, version_id: str, blocks: Sequence[int]) -> str | None:
+    async def mark_filled(self, bucket: str, key: str, version_id: str, blocks: Sequence[int],
+                          blob_id: str | None = None) -> str | None:
         """Record blocks of a partial version as durable on the warm tier; when all are, the version becomes
-        resident. Returns the residency afterwards, or None if the version is no longer current."""
+        resident. Returns the residency afterwards, or None if the version is no longer current (or, with
+        ``blob_id``, its warm copy is no longer that blob: it was evicted and is being filled again)."""
         indexes = list(blocks)
 
         def op(conn):
             row = conn.execute("SELECT block_size, blocks FROM fills WHERE version_id = ?", (version_id,)).fetchone()
-            current = conn.execute("SELECT version_id, residency, size FROM objects WHERE bucket = ? AND key = ?",
-                                   (bucket, key)).fetchone()
+            current = conn.execute("SELECT version_id, residency, size, extents FROM objects WHERE bucket = ? AND "
+                                   "key = ?", (bucket, key)).fetchone()
             if current is None or current[0] != version_id:
+                return None
+            if blob_id is not None and [e[0] for e in json.loads(current[3])][:1] != [blob_id]:
                 return None
             if row is None:
                 return RESIDENCY_NAMES[current[1]]
