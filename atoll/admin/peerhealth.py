@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from atoll.admin.endpoints import endpoint_view
 from atoll.core.ingest import run_io
+from atoll.processes import alive
 
 if TYPE_CHECKING:
     from atoll.core.tiering.tier import Tiering
@@ -97,16 +98,6 @@ class HealthPublisher:
                 pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_peer_views(directory: str, own_pid: int | None = None) -> list[list[dict]]:
     """The endpoint views published by the other live workers (blocking: call it through run_io)."""
     try:
@@ -120,7 +111,7 @@ def read_peer_views(directory: str, own_pid: int | None = None) -> list[list[dic
         if ext != "json" or not stem.isdigit() or int(stem) == own_pid:
             continue
         path = os.path.join(directory, name)
-        if not _alive(int(stem)):
+        if not alive(int(stem)):
             _remove(path)
             continue
         try:

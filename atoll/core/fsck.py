@@ -42,6 +42,7 @@ from typing import Callable, Iterator
 from atoll.core import checksums as cks
 from atoll.core.ingest import run_io
 from atoll.core.models import ABSENT, PARTIAL, RESIDENT, Link, ObjectVersion, Part
+from atoll.processes import alive
 from atoll.stores.data.base import DataStore, FoundFile
 from atoll.stores.meta.base import MetaStore
 
@@ -423,7 +424,7 @@ class Fsck:
         found = await run_io(lambda: list(self.data.scan_temp_files()))
         self.counts["temp_files"] = len(found)
         for temp in found:
-            if temp.changed >= self.cutoff or (self.online and temp.pid is not None and _alive(temp.pid)):
+            if temp.changed >= self.cutoff or (self.online and temp.pid is not None and alive(temp.pid)):
                 continue  # a write in flight
             await self._leftover(temp, "temp_file", f"a temp file of {temp.size} bytes left by a write that never "
                                                     "finished")
@@ -477,16 +478,6 @@ def _take(iterator: Iterator, n: int) -> list:
         if len(batch) >= n:
             break
     return batch
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _checks_for(version: ObjectVersion) -> tuple[str, bool, dict[str, str]]:

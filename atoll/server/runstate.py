@@ -18,6 +18,8 @@ import json
 import os
 import time
 
+from atoll.stores.data.files import fsync_dir
+
 LOCK_NAME = "serve.lock"
 MARKER_NAME = "incarnation"
 
@@ -28,14 +30,6 @@ class DataDirBusy(Exception):
 
 def run_dir(data_dir: str) -> str:
     return os.path.join(os.path.abspath(data_dir), "run")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DataDirLock:
@@ -114,7 +108,7 @@ def begin(data_dir: str, started: float) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def end(data_dir: str) -> None:
@@ -124,4 +118,4 @@ def end(data_dir: str) -> None:
         os.unlink(os.path.join(directory, MARKER_NAME))
     except FileNotFoundError:
         return
-    _fsync_dir(directory)
+    fsync_dir(directory)

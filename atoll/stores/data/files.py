@@ -38,7 +38,7 @@ _RESERVE_MAX = 256 << 20  # ... and at most this stays free of blob data
 _ROOM_CHECK_STEP = 1 << 20  # a writer checks the free space again after this many bytes
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -106,7 +106,7 @@ class FileBlobWriter:
         self._store.ensure_fanout_dir(os.path.dirname(final))
         os.rename(self._tmp, final)
         self._done = True
-        _fsync_dir(os.path.dirname(final))
+        fsync_dir(os.path.dirname(final))
 
     def abort(self) -> None:
         if self._fd >= 0:
@@ -133,7 +133,7 @@ class FileDataStore:
         for path in (self.tmp_dir, self.blob_dir):
             if not os.path.isdir(path):
                 os.makedirs(path, mode=0o700, exist_ok=True)
-                _fsync_dir(os.path.dirname(path))
+                fsync_dir(os.path.dirname(path))
         self._fanout_dirs: set[str] = set()
 
     def ensure_fanout_dir(self, path: str) -> None:
@@ -145,7 +145,7 @@ class FileDataStore:
             pass
         # fsync the parent even if another thread or process made the directory: its mkdir may not be durable
         # yet, and a blob committed into a directory whose own entry is lost is lost with it.
-        _fsync_dir(self.blob_dir)
+        fsync_dir(self.blob_dir)
         self._fanout_dirs.add(path)
 
     def check_room(self, size: int) -> None:

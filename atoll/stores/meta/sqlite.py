@@ -145,6 +145,15 @@ def _version_params(v: ObjectVersion) -> tuple:
             v.checksum_type, extents, _attrs_json(v), RESIDENCY_CODES[v.residency], v.warm_seq, v.pinned_until)
 
 
+def _page_after(select: str, order: str, after: Sequence[Any] | None, limit: int) -> tuple[str, list[Any]]:
+    """A keyset page of ``select``: up to ``limit`` rows after ``after`` in ``order`` (its column list)."""
+    params: list[Any] = []
+    if after is not None:
+        select += f" WHERE ({order}) > ({', '.join('?' * len(after))})"
+        params += list(after)
+    return f"{select} ORDER BY {order} LIMIT ?", [*params, limit]
+
+
 def _row_to_link(row: Sequence[Any]) -> Link:
     return Link(bucket=row[0], url=row[1], mode=row[2], revalidate=row[3], options=json.loads(row[4]),
                 created=row[5])
@@ -1089,24 +1098,13 @@ class SqliteMetaStore:
 
     # consistency: atoll fsck and start-up recovery -------------------------------------------------------
     async def scan_objects(self, after: tuple[str, str] | None, limit: int) -> list[ObjectVersion]:
-        sql = f"SELECT {_OBJECT_COLUMNS} FROM objects"
-        params: list[Any] = []
-        if after is not None:
-            sql += " WHERE (bucket, key) > (?, ?)"
-            params += after
-        params.append(limit)
-        rows = await self._read_in_pool(lambda c: c.execute(sql + " ORDER BY bucket, key LIMIT ?", params).fetchall())
+        sql, params = _page_after(f"SELECT {_OBJECT_COLUMNS} FROM objects", "bucket, key", after, limit)
+        rows = await self._read_in_pool(lambda c: c.execute(sql, params).fetchall())
         return [_row_to_version(r) for r in rows]
 
     async def scan_parts(self, after: tuple[str, int] | None, limit: int) -> list[Part]:
-        sql = "SELECT * FROM parts"
-        params: list[Any] = []
-        if after is not None:
-            sql += " WHERE (upload_id, part_number) > (?, ?)"
-            params += after
-        params.append(limit)
-        rows = await self._read_in_pool(
-            lambda c: c.execute(sql + " ORDER BY upload_id, part_number LIMIT ?", params).fetchall())
+        sql, params = _page_after("SELECT * FROM parts", "upload_id, part_number", after, limit)
+        rows = await self._read_in_pool(lambda c: c.execute(sql, params).fetchall())
         return [_row_to_part(r) for r in rows]
 
     async def scan_garbage(self, after: str, limit: int) -> list[str]:
@@ -1115,13 +1113,8 @@ class SqliteMetaStore:
         return [r[0] for r in rows]
 
     async def scan_drain(self, after: tuple[str, str] | None, limit: int) -> list[tuple[DrainEntry, float]]:
-        sql = "SELECT * FROM drain"
-        params: list[Any] = []
-        if after is not None:
-            sql += " WHERE (bucket, key) > (?, ?)"
-            params += after
-        params.append(limit)
-        rows = await self._read_in_pool(lambda c: c.execute(sql + " ORDER BY bucket, key LIMIT ?", params).fetchall())
+        sql, params = _page_after("SELECT * FROM drain", "bucket, key", after, limit)
+        rows = await self._read_in_pool(lambda c: c.execute(sql, params).fetchall())
         return [(_row_to_drain(r), r[8]) for r in rows]
 
     async def stale_fills(self) -> list[str]:
