@@ -46,7 +46,7 @@ BANDWIDTH = 4 * MiB
 LATENCY = (0.020, 0.050)
 STALL_SECONDS, STALL_EVERY = 1.0, 3.0
 STAGE_STREAMS = 4
-STAGE_OBJECTS, DRAIN_OBJECTS, OBJECT_SIZE = 12, 8, 2 * MiB
+STAGE_OBJECTS, DRAIN_OBJECTS, OBJECT_SIZE = 12, 12, 2 * MiB
 MISS_SIZE = 1 * MiB
 
 
@@ -144,11 +144,11 @@ def test_slow_link_background_work_finishes_and_a_miss_goes_first(server, cold_s
             moving_after = time.monotonic() - started
             slow.start_stalls()
             wait_until(slow.after_stall.is_set, STALL_SECONDS + 2, "the first stall to end")
-            down_before = cold.proxy.bytes_down
-            busy = timed_get(urls["miss/busy"])
-            down_during = cold.proxy.bytes_down - down_before
-            stage_state, progress = job_state(server, job_id)
             left_to_drain = backlog(server, bucket)[0]
+            down_before, up_before = cold.proxy.bytes_down, cold.proxy.bytes_up
+            busy = timed_get(urls["miss/busy"])
+            down_during, up_during = cold.proxy.bytes_down - down_before, cold.proxy.bytes_up - up_before
+            stage_state, progress = job_state(server, job_id)
             wait_until(lambda: job_state(server, job_id)[0] in ("done", "failed"),
                        STAGE_OBJECTS * OBJECT_SIZE / BANDWIDTH * 3 + 20, "the staging job to end")
             stage_seconds = time.monotonic() - started
@@ -160,16 +160,18 @@ def test_slow_link_background_work_finishes_and_a_miss_goes_first(server, cold_s
     fair_extra = STAGE_STREAMS * MISS_SIZE / BANDWIDTH
     summary = (f"{kind}: 1 MiB miss {idle.seconds:.2f} s on the idle link, {busy.seconds:.2f} s during staging "
                f"and the drain (fair share: {idle.seconds + fair_extra:.2f} s; {down_during / MiB:.1f} MiB came in "
-               f"meanwhile); staging was {stage_state} at {progress.get('objects_done')}/{STAGE_OBJECTS} objects, "
-               f"{left_to_drain} writes waited to drain (both moving {moving_after:.1f} s after the start); "
+               f"and {up_during / MiB:.1f} MiB went out); staging was {stage_state} at "
+               f"{progress.get('objects_done')}/{STAGE_OBJECTS} objects, {left_to_drain} writes waited to drain "
+               f"(both moving {moving_after:.1f} s after the start); "
                f"staging done after {stage_seconds:.1f} s, drain after "
                f"{drain_seconds:.1f} s, {stalls} stalls of {STALL_SECONDS:.0f} s")
     print(summary)
     for answer, key in ((idle, "miss/idle"), (busy, "miss/busy")):
         assert answer.status == 200 and sha256(answer.body) == sha256(misses[key]), (answer.status, answer.body[:300])
-    # Both were still at work when the miss ran (else there was nothing for it to go ahead of).
+    # Both were at work while the miss ran (else there was nothing for it to go ahead of): staging with every
+    # stream busy, the drain sending at a quarter of the link's rate at least.
     assert stage_state == "running" and progress.get("objects_done", 0) <= STAGE_OBJECTS - STAGE_STREAMS, summary
-    assert left_to_drain >= 2, summary
+    assert left_to_drain >= 2 and up_during >= busy.seconds * BANDWIDTH / 4, summary
     assert stalls >= 2, summary
 
     state, progress = job_state(server, job_id)
