@@ -75,7 +75,7 @@ class Config:
     cold_retries: int = 2  # extra attempts of idempotent cold requests (full-jitter backoff, within deadlines)
     breaker_failures: int = 3  # consecutive cold failures that declare the link down (calls then fail at once)
     breaker_cooldown: float = 2.0  # seconds before the first probe of a down link; doubles up to the max
-    breaker_max_cooldown: float = 30.0
+    breaker_max_cooldown: float = 10.0  # a probe is one HEAD: a healed link is noticed within this
     degraded_latency: float = 1.0  # mean cold request latency (s) above which a link is reported degraded
     demand_concurrency: int = 64  # cold transfers for client misses at once, per cold endpoint
     demand_bandwidth: int = 0  # bytes/s per cold endpoint and class; 0 = no cap

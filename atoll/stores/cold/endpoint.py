@@ -45,7 +45,7 @@ _BUCKET_SECONDS = 5.0
 class BreakerSettings:
     failures: int = 3  # consecutive failed requests that open the breaker
     cooldown: float = 2.0  # seconds open before the first probe
-    max_cooldown: float = 30.0
+    max_cooldown: float = 10.0
 
 
 class Breaker:

@@ -7,7 +7,8 @@ makes the two S3 requests that do (ListMultipartUploads with the key as prefix, 
 with SigV4 by awscrt and sent with the standard library's HTTP client (in a thread: these calls are rare).
 
 Azure keeps uncommitted blocks invisible and discards them when the blob is next committed (the redone upload)
-or after seven days, and the drain always redoes a failed upload, so nothing is needed there. GCS and other
+or after seven days; the drain always redoes a failed upload (a refused write-through upload is not redone
+and its blocks wait for Azure's seven days). GCS and other
 stores: nothing is done (GCS's XML multipart API would need HMAC keys); see docs/NOTES.md.
 """
 
