@@ -116,3 +116,36 @@ def test_a_class_bandwidth_cap_paces_its_transfers():
         assert time.monotonic() - started < 0.05
 
     asyncio.run(scenario())
+
+
+def test_a_miss_lookup_holds_lower_classes_back_until_a_moment_after_it():
+    async def scenario() -> None:
+        wan = WanScheduler(TrafficPolicy(aging=2.0))
+        with wan.busy(Traffic.DEMAND, linger=0.2):
+            assert wan.busier(Traffic.STAGE) == [Traffic.DEMAND]
+        # The lookup is over, but its GET is about to follow: staging still holds back for the linger.
+        assert wan.busier(Traffic.STAGE) == [Traffic.DEMAND]
+        started = time.monotonic()
+        await wan.pace(Traffic.STAGE, 0)
+        assert 0.15 <= time.monotonic() - started < 0.5
+        assert wan.busier(Traffic.STAGE) == []
+
+    asyncio.run(scenario())
+
+
+def test_a_background_transfer_learns_at_once_that_a_higher_class_needs_the_link():
+    async def scenario() -> None:
+        wan = WanScheduler(TrafficPolicy(aging=0.2))
+        waiter = asyncio.ensure_future(wan.higher_busy(Traffic.STAGE))
+        async with wan.slot(Traffic.DRAIN):  # a lower class does not outrank staging
+            await asyncio.sleep(0.05)
+        assert not waiter.done()
+        async with wan.slot(Traffic.DEMAND):
+            await asyncio.wait_for(waiter, 0.05)
+            # Yielding for the aging time and no more, and saying so.
+            started = time.monotonic()
+            assert await wan.pace(Traffic.STAGE, 0) is True
+            assert 0.18 <= time.monotonic() - started < 0.4
+        assert await wan.pace(Traffic.STAGE, 0) is False
+
+    asyncio.run(scenario())

@@ -8,10 +8,10 @@ over. Starting over is cheap because every job kind is idempotent: staging skips
 Cancelling is a state change made by anyone (CLI, admin API); the runner learns of it when it next writes
 progress, which it does at least every second, and stops the job's work where it is.
 
-Staging (``run_stage``) makes a prefix or a list of keys resident: each object is fetched whole with one
-streaming GET pinned to the cold ETag, written to a new blob while its MD5 is computed, verified against the
-cold store's checksum where it has one, and committed in one metadata transaction that replaces whatever the
-index held for the key, unless a write raced it.
+Staging (``run_stage``) makes a prefix or a list of keys resident: each object is fetched with a streaming GET
+(closed when a miss needs the link, resumed by range after it) pinned to the cold ETag, written to a new blob
+while its MD5 is computed, verified against the cold store's checksum where it has one, and committed in one
+metadata transaction that replaces whatever the index held for the key, unless a write raced it.
 """
 
 from __future__ import annotations
@@ -518,8 +518,9 @@ class _Stager:
             self._reserved -= cold.size
 
     async def _fetch(self, cold: ColdObject, row: ObjectVersion | None) -> None:
-        """One streaming GET into a new blob, verified, committed as the key's resident version."""
-        fetched, chunks = await self.store.open(cold.key, Traffic.STAGE, if_match=cold.etag or None)
+        """One streaming GET (preempted by misses and resumed where it stopped) into a new blob, verified, committed as
+        the key's resident version."""
+        fetched, chunks = await self.store.open_preemptible(cold.key, Traffic.STAGE, if_match=cold.etag or None)
         received = 0
 
         async def counted() -> AsyncIterator[bytes]:

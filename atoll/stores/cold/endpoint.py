@@ -259,18 +259,36 @@ class WanScheduler:
         self.active = {t: 0 for t in self.ORDER}  # transfers holding a slot
         self.yielded = {t: 0.0 for t in self.ORDER}  # seconds spent yielding to higher classes, for status
         self._quiet: dict[Traffic, asyncio.Event] = {}
+        self._busy: dict[Traffic, asyncio.Event] = {}
+        self.preempted = {t: 0 for t in self.ORDER}  # background GETs closed to give the link to a higher class
 
     @asynccontextmanager
     async def slot(self, traffic: Traffic) -> AsyncIterator[None]:
         async with self._slots[traffic]:
-            self.active[traffic] += 1
-            self._quiet_event(traffic).clear()
-            try:
+            with self.busy(traffic):
                 yield
-            finally:
-                self.active[traffic] -= 1
-                if not self.active[traffic]:
-                    self._quiet[traffic].set()
+
+    @contextmanager
+    def busy(self, traffic: Traffic, linger: float = 0.0) -> Iterator[None]:
+        """Mark the class as using the link (lower classes yield to it) without taking a slot: a request
+        that is not a transfer, such as a miss's HEAD. ``linger``: seconds the mark outlasts the request
+        (a miss's HEAD is followed by its GET; lower classes must not start a request in between)."""
+        self.active[traffic] += 1
+        self._quiet_event(traffic).clear()
+        self._busy_event(traffic).set()
+        try:
+            yield
+        finally:
+            if linger > 0:
+                asyncio.get_running_loop().call_later(linger, self._release, traffic)
+            else:
+                self._release(traffic)
+
+    def _release(self, traffic: Traffic) -> None:
+        self.active[traffic] -= 1
+        if not self.active[traffic]:
+            self._quiet[traffic].set()
+            self._busy[traffic].clear()
 
     def _quiet_event(self, traffic: Traffic) -> asyncio.Event:
         event = self._quiet.get(traffic)
@@ -279,24 +297,45 @@ class WanScheduler:
             event.set()
         return event
 
+    def _busy_event(self, traffic: Traffic) -> asyncio.Event:
+        event = self._busy.get(traffic)
+        if event is None:
+            event = self._busy[traffic] = asyncio.Event()
+        return event
+
+    async def higher_busy(self, traffic: Traffic) -> None:
+        """Returns once a higher class is using the link."""
+        higher = self.ORDER[: self.ORDER.index(traffic)]
+        if not higher:
+            await asyncio.Event().wait()  # nothing outranks the top class
+        waits = [asyncio.ensure_future(self._busy_event(other).wait()) for other in higher]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
     def busier(self, traffic: Traffic) -> list[Traffic]:
         """Higher classes with transfers in progress."""
         return [t for t in self.ORDER[: self.ORDER.index(traffic)] if self.active[t]]
 
-    async def pace(self, traffic: Traffic, amount: int) -> None:
-        """Before moving ``amount`` more bytes: the class's bandwidth cap, then yield to busier classes."""
+    async def pace(self, traffic: Traffic, amount: int) -> bool:
+        """Before moving ``amount`` more bytes: the class's bandwidth cap, then yield to busier classes, for at
+        most the aging time. True when it stopped yielding because of the aging time (a higher class is still
+        busy and this one goes ahead anyway)."""
         await self._buckets[traffic].take(amount)
         higher = self.busier(traffic)
         if not higher:
-            return
+            return False
         started = time.monotonic()
         waits = [asyncio.ensure_future(self._quiet_event(other).wait()) for other in higher]
         try:
-            await asyncio.wait(waits, timeout=self.policy.aging)
+            done, _ = await asyncio.wait(waits, timeout=self.policy.aging, return_when=asyncio.ALL_COMPLETED)
         finally:
             for wait in waits:
                 wait.cancel()
         self.yielded[traffic] += time.monotonic() - started
+        return len(done) < len(waits)
 
 
 class Endpoint:
