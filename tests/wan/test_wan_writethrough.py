@@ -6,7 +6,7 @@
   middle of its multipart upload, no half-finished upload in the cold store once the link is back. (On Azure
   the staged blocks of the refused write stay uncommitted: known, xfail with raises=LeftBehind.) Once the
   breaker is open, refusals are immediate (< 1 s); the write that finds the link down waits at most until the
-  partition is detected.
+  partition is detected, or, for a single-request upload, its first-byte time plus its size at 256 KiB/s.
 * ``writeback``: the same writes are acknowledged (journaled like write-back), counted in
   ``atoll_writethrough_degraded_total{bucket}``, and drained after the heal: the cold store then holds every one
   byte-exact, and again no half-finished upload.

@@ -146,6 +146,12 @@ class Tiering:
         cache_key = (link.bucket, link.url, tuple(sorted(link.options.items())), link.created)
         store = self._stores.get(cache_key)
         if store is None:
+            newer = [(k[3], v) for k, v in self._stores.items() if k[0] == link.bucket and k[3] > link.created]
+            if newer:
+                # A link row older than a store already built (this worker's link cache lags a re-link by up
+                # to _LINK_TTL): the secret file now holds the new link's secrets, so building the old link
+                # would mix them with its options. The bucket's newest store is where it is linked now.
+                return max(newer, key=lambda item: item[0])[1]
             secrets = self.secrets.get(link.bucket) if self.secrets else {}
             store = cold_links.build(link.url, {**link.options, **secrets}, self.settings.cold_defaults or {},
                                      self.settings.timeouts, self._endpoint)

@@ -222,25 +222,33 @@ class ColdStore:
         return self.timeouts.first_byte if traffic is Traffic.DEMAND else self.timeouts.background_deadline
 
     async def _request(self, traffic: Traffic | None, call: Callable[[], Awaitable[T]], *,
-                       retry: bool = True, deadline: float | None = None) -> T:
+                       retry: bool = True, deadline: float | None = None, transfer: Transfer | None = None) -> T:
         """``call()`` once, or again after a transient failure while ``deadline`` allows. Each attempt's wait is
-        bounded by ``first_byte`` (and by what is left of the deadline)."""
+        bounded by ``first_byte`` (and by what is left of the deadline). With ``transfer`` (an upload, whose
+        first answer comes only after its body is sent), an attempt is bounded by the endpoint's watchdog
+        instead (its bytes must keep moving), whose cut propagates as TimeoutError, and it is never the
+        half-open probe."""
         breaker = self.health.breaker
         budget = deadline if deadline is not None else self._deadline(traffic or Traffic.DRAIN)
+        # A client's miss is never the half-open probe: it would wait out a dead link's first-byte timeout while
+        # every other miss fails at once. The health loop probes instead.
+        probe_ok = traffic is not Traffic.DEMAND and transfer is None
         begun = time.monotonic()
         attempt = 0
         while True:
-            # A client's miss is never the half-open probe: it would wait out a dead link's first-byte timeout
-            # while every other miss fails at once. The health loop probes instead.
-            if not breaker.admit(probe_ok=traffic is not Traffic.DEMAND):
+            if not breaker.admit(probe_ok=probe_ok):
                 raise self.endpoint.refuse(traffic or Traffic.DRAIN)
             started = time.monotonic()
             left = budget - (started - begun)
             try:
-                with self._using_link(traffic):
-                    result = await asyncio.wait_for(call(), max(0.05, min(self.timeouts.first_byte, left)))
+                if transfer is not None:
+                    result = await transfer.guard(call())
+                else:
+                    with self._using_link(traffic):
+                        result = await asyncio.wait_for(call(), max(0.05, min(self.timeouts.first_byte, left)))
             except asyncio.CancelledError:
-                breaker.abandoned()
+                if probe_ok:
+                    breaker.abandoned()
                 raise
             except _REACHABLE as exc:
                 self._success(traffic, started)  # the link answered; the request itself was refused
@@ -252,14 +260,18 @@ class ColdStore:
                     return None  # type: ignore[return-value]
                 raise answered.error from None
             except Exception as exc:  # noqa: BLE001 - mapped to one error kind
+                if transfer is not None and isinstance(exc, TimeoutError):
+                    raise  # the watchdog cut the transfer: its owner reports it
                 failure = self._failure(traffic, exc)
                 attempt += 1
-                left = budget - (time.monotonic() - begun)
+                left = budget - (time.monotonic() - begun) if transfer is None else float("inf")
                 pause = random.uniform(0, min(2.0, 0.1 * 2 ** attempt))  # full jitter
                 if not retry or attempt > self.timeouts.retries or breaker.state != "closed" or pause >= left:
                     raise failure from None
                 self.health.retries += 1
                 await asyncio.sleep(pause)
+                if transfer is not None and traffic is not Traffic.DEMAND:
+                    transfer.progress()  # the pause is not a stall (a client's upload: its bound is for all tries)
                 continue
             self._success(traffic, started)
             return result
@@ -454,6 +466,11 @@ class ColdStore:
         multipart = size > part_size
         # obstore pulls a few parts ahead, then sends: idle time between pulls covers that many parts' sending.
         idle = self.timeouts.stall + (part_size * (concurrency + 1) if multipart else size) / MIN_UPLOAD_RATE
+        if traffic is Traffic.DEMAND and not multipart:
+            # A client waits on this one request (write-through): bounded like a miss, by the first-byte time,
+            # plus the body's sending at the slowest rate accepted. A stalled link is not waited out for the
+            # stall timeout, nor through obstore's own connect retries.
+            idle = self.timeouts.first_byte + size / MIN_UPLOAD_RATE
         async with self._transfer(traffic, idle_limit=idle) as transfer:
             body = source if isinstance(source, (bytes, bytearray, memoryview)) else \
                 self._pulled(source, transfer, traffic)
@@ -463,39 +480,10 @@ class ColdStore:
                                                use_multipart=multipart, chunk_size=part_size,
                                                max_concurrency=concurrency)
 
-            result = await self._put_attempts(traffic, call, retry=body is source, transfer=transfer)
+            result = await self._request(traffic, call, retry=body is source, transfer=transfer)
             if body is source:
                 self.health.moved(traffic, bytes_out=size)
         return ColdObject(key=key, size=size, etag=_unquote(result.get("e_tag")), mtime=time.time())
-
-    async def _put_attempts(self, traffic: Traffic, call: Callable[[], Awaitable[dict]], *, retry: bool,
-                            transfer: Transfer) -> dict:
-        """Uploads are bounded by the watchdog (bytes must keep moving), not by the first-byte timeout."""
-        breaker = self.health.breaker
-        attempt = 0
-        while True:
-            if not breaker.admit(probe_ok=False):
-                raise self.endpoint.refuse(traffic)
-            started = time.monotonic()
-            try:
-                result = await transfer.guard(call())
-            except (asyncio.CancelledError, TimeoutError):
-                raise
-            except _REACHABLE as exc:
-                self._success(traffic, started)
-                raise errors.ColdStoreUnavailable(f"The cold store refused the upload ({type(exc).__name__}); "
-                                                  "check the link's settings.", retry_after=30) from None
-            except Exception as exc:  # noqa: BLE001
-                failure = self._failure(traffic, exc)
-                attempt += 1
-                if not retry or attempt > self.timeouts.retries or breaker.state != "closed":
-                    raise failure from None
-                self.health.retries += 1
-                await asyncio.sleep(random.uniform(0, min(2.0, 0.1 * 2 ** attempt)))
-                transfer.progress()
-                continue
-            self._success(traffic, started)
-            return result
 
     async def _pulled(self, source: Any, transfer: Transfer, traffic: Traffic) -> AsyncIterator[Any]:
         """The upload's chunks, counted and paced as obstore pulls them."""
