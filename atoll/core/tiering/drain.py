@@ -92,6 +92,8 @@ class Drainer:
 
     async def _unreachable(self) -> list[str]:
         """Buckets whose cold endpoint is down: their entries wait, untouched, until it is back."""
+        if all(endpoint.health.breaker.state == "closed" for endpoint in self.tier.endpoints.values()):
+            return []  # the usual case: no need to read every link on every turn of the loop
         return [link.bucket for link in await self.tier.meta.list_links() if not self.tier.reachable(link)]
 
     async def _renew_claims(self) -> None:
