@@ -8,6 +8,8 @@ Example ``atoll.toml``::
     data_dir = "/srv/atoll"
     s3_address = "0.0.0.0:9000"
     s3_domains = ["s3.island.local"]   # virtual-hosted style: <bucket>.s3.island.local
+    blob_listen = "0.0.0.0:10000"      # Azure Blob endpoint ("off" for none)
+    blob_domains = ["blob.island.local"]   # host style: <account>.blob.island.local
     region = "us-east-1"
     workers = 2
     access_log = "/var/log/atoll/access.log"   # "-" for stderr, "off" for none
@@ -48,6 +50,8 @@ class Config:
     data_dir: str = "./atoll-data"
     s3_address: str = "127.0.0.1:9000"
     s3_domains: tuple[str, ...] = ()
+    blob_listen: str = "127.0.0.1:10000"  # the Azure Blob endpoint (Azurite's port); "off" for none
+    blob_domains: tuple[str, ...] = ()  # host style: <account>.<domain>, e.g. blob.island.local
     region: str = "us-east-1"
     workers: int = 1
     metadata: str = ""  # "" = SQLite at <data_dir>/meta.sqlite3
@@ -83,6 +87,7 @@ class Config:
     wan_aging: float = 5.0  # longest a lower-priority transfer yields to a higher class, per chunk
     writethrough_on_partition: str = "refuse"  # refuse (503 at once) | writeback (journal, drain after heal)
     negative_ttl: float = 5.0  # cold 404 answers are remembered this long
+    uncommitted_block_ttl: float = 7 * 86400.0  # Azure blocks never committed are collected after this (Azure: 7 days)
     cold_options: Mapping[str, str] = field(default_factory=dict)  # [cold] table: default obstore settings
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -93,6 +98,14 @@ class Config:
     @property
     def s3_port(self) -> int:
         return int(self.s3_address.rsplit(":", 1)[1])
+
+    @property
+    def blob_host(self) -> str:
+        return self.blob_listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def blob_port(self) -> int:
+        return int(self.blob_listen.rsplit(":", 1)[1])
 
     @property
     def cold_secrets_path(self) -> str:
@@ -116,6 +129,8 @@ _SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "data_dir": (str, ("data_dir",), "ATOLL_DATA_DIR"),
     "s3_address": (str, ("s3_address",), "ATOLL_S3_ADDRESS"),
     "s3_domains": (tuple, ("s3_domains",), "ATOLL_S3_DOMAINS"),
+    "blob_listen": (str, ("blob_listen",), "ATOLL_BLOB_LISTEN"),
+    "blob_domains": (tuple, ("blob_domains",), "ATOLL_BLOB_DOMAINS"),
     "region": (str, ("region",), "ATOLL_REGION"),
     "workers": (int, ("workers",), "ATOLL_WORKERS"),
     "metadata": (str, ("metadata",), "ATOLL_METADATA"),
@@ -140,6 +155,7 @@ _SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "cold_first_byte_timeout": (float, ("tiering", "cold_first_byte_timeout"), "ATOLL_COLD_FIRST_BYTE_TIMEOUT"),
     "cold_stall_timeout": (float, ("tiering", "cold_stall_timeout"), "ATOLL_COLD_STALL_TIMEOUT"),
     "negative_ttl": (float, ("tiering", "negative_ttl"), "ATOLL_NEGATIVE_TTL"),
+    "uncommitted_block_ttl": (float, ("blob", "uncommitted_block_ttl"), "ATOLL_UNCOMMITTED_BLOCK_TTL"),
     "cold_retries": (int, ("tiering", "cold_retries"), "ATOLL_COLD_RETRIES"),
     "breaker_failures": (int, ("tiering", "breaker_failures"), "ATOLL_BREAKER_FAILURES"),
     "breaker_cooldown": (float, ("tiering", "breaker_cooldown"), "ATOLL_BREAKER_COOLDOWN"),
@@ -255,6 +271,8 @@ def _check_address(name: str, address: str, problems: list[str]) -> None:
 def validate(config: Config) -> list[str]:
     problems: list[str] = []
     _check_address("s3_address", config.s3_address, problems)
+    if config.blob_listen != "off":
+        _check_address("blob_listen", config.blob_listen, problems)
     if not 1 <= config.workers <= 256:
         problems.append(f"workers: expected 1 to 256, got {config.workers}")
     if config.log_level.lower() not in _LOG_LEVELS:
@@ -293,7 +311,7 @@ def validate(config: Config) -> list[str]:
     if config.breaker_max_cooldown < config.breaker_cooldown:
         problems.append("breaker_max_cooldown: expected at least breaker_cooldown")
     for name in ("cold_connect_timeout", "cold_first_byte_timeout", "cold_stall_timeout", "negative_ttl",
-                 "breaker_cooldown", "degraded_latency", "wan_aging"):
+                 "breaker_cooldown", "degraded_latency", "wan_aging", "uncommitted_block_ttl"):
         if getattr(config, name) <= 0:
             problems.append(f"{name}: expected a positive number of seconds, got {getattr(config, name)}")
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):

@@ -147,3 +147,74 @@ class ColdObjectChanged(Conflict):
 
 class ReadOnlyBucket(AccessDenied):
     """This bucket is a read-only cache of its cold store."""
+
+
+# Leases (Azure "Lease Blob" / "Lease Container" semantics, atoll/core/leases.py). Each carries its Azure error code
+# in ``detail["code"]``; the S3 front end, which knows none of these codes, maps them by class: a write refused by
+# a lease is AccessDenied there.
+class LeaseConflict(Conflict):
+    """The lease operation conflicts with the lease's state."""
+
+    def __init__(self, message: str = "", **detail: object) -> None:
+        detail.setdefault("code", type(self).__name__)
+        super().__init__(message, **detail)
+
+
+class LeaseAlreadyPresent(LeaseConflict):
+    """There is already a lease present."""
+
+
+class LeaseIdMismatchWithLeaseOperation(LeaseConflict):
+    """The lease ID specified did not match the lease ID for the blob."""
+
+
+class LeaseIsBreakingAndCannotBeAcquired(LeaseConflict):
+    """The lease ID matched, but the lease is currently in breaking state and cannot be acquired until it is broken."""
+
+
+class LeaseIsBreakingAndCannotBeChanged(LeaseConflict):
+    """The lease ID matched, but the lease is currently in breaking state and cannot be changed."""
+
+
+class LeaseIsBrokenAndCannotBeRenewed(LeaseConflict):
+    """The lease ID matched, but the lease has been broken explicitly and cannot be renewed."""
+
+
+class LeaseNotPresentWithLeaseOperation(LeaseConflict):
+    """There is currently no lease on the blob."""
+
+
+class LeaseRequired(AccessDenied):
+    """The object or bucket is leased and the request did not name its lease."""
+
+    def __init__(self, message: str = "", **detail: object) -> None:
+        detail.setdefault("code", type(self).__name__)
+        super().__init__(message, **detail)
+
+
+class LeaseIdMissing(LeaseRequired):
+    """There is currently a lease on the blob and no lease ID was specified in the request."""
+
+
+class LeaseIdMismatchWithBlobOperation(LeaseRequired):
+    """The lease ID specified did not match the lease ID for the blob."""
+
+
+class LeaseNotPresentWithBlobOperation(LeaseRequired):
+    """There is currently no lease on the blob."""
+
+
+class LeaseIdMismatchWithContainerOperation(LeaseRequired):
+    """The lease ID specified did not match the lease ID for the container."""
+
+
+class LeaseNotPresentWithContainerOperation(LeaseRequired):
+    """There is currently no lease on the container."""
+
+
+class LeaseHeaderError(InvalidArgument):
+    """The value for one of the HTTP headers is not in the correct format."""
+
+    def __init__(self, message: str = "", **detail: object) -> None:
+        detail.setdefault("code", "InvalidHeaderValue")
+        super().__init__(message, **detail)

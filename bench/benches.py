@@ -155,6 +155,39 @@ def curl_put(peer: Peer, path: str, size: int, md5: str, key: str) -> dict:
             "cli_cpu_per_gib": r.cpu * GIB / size, "wall": r.wall, "srv_cpu": scpu, "cli_cpu": r.cpu}
 
 
+BLOCK_SIZE = 8 * MIB  # blockput: Put Block size of both clients
+
+
+def block_put(view, label: str, path: str, size: int, blob: str, client: str) -> dict:
+    """One upload of `path` as a block blob through the Blob port of an Atoll (bench/blobpeer.BlobView):
+    client "lean" = clients/blockput.py (sequential Put Blocks on one connection, then Put Block List),
+    "sdk" = azure-storage-blob's upload_blob with 4 blocks in flight. Checked afterwards by size, committed
+    block count and three ranges compared with the source. Like curl_put, the previous upload is deleted right
+    before this one (see _pending_delete)."""
+    problems = flush_put_objects(label)
+    if problems:
+        return _fail(problems[0])
+    from azure.storage.blob._shared.constants import X_MS_VERSION
+    url = view.sas_url(blob, write=True)
+    script, extra = {"lean": ("blockput.py", ["--version", X_MS_VERSION]),
+                     "sdk": ("blob_sdk_upload.py", ["--conc", "4"])}[client]
+    s0 = view.cpu()
+    r = run_client([common.PY, os.path.join(common.CLIENTS, script), url, path, "--block", str(BLOCK_SIZE)] + extra,
+                   timeout=60 + size / 20e6)
+    scpu = view.cpu() - s0
+    _pending_delete[label] = lambda: view.delete(blob)
+    if r.rc != 0:
+        return _fail(_peer_dead(view) or _client_failed(r, script))
+    d = json.loads(r.out.strip().splitlines()[-1])
+    if not d["ok"]:
+        return _fail(f"{script}: {d['problem']}")
+    problem = view.check_upload(blob, path, size, -(-size // BLOCK_SIZE))
+    if problem:
+        return _fail(problem)
+    return {"ok": True, "gbps": d["gbps"], "srv_cpu_per_gib": scpu * GIB / size,
+            "cli_cpu_per_gib": d["cpu"] * GIB / size, "wall": r.wall, "srv_cpu": scpu, "cli_cpu": r.cpu}
+
+
 def md5_rate(size: int) -> dict:
     """Single-core hashlib.md5 over `size` bytes in 1 MiB bytes chunks, in this process (the PUT target)."""
     chunk = os.urandom(MIB)
@@ -350,6 +383,22 @@ def judge_put(b: Bench, summ: dict, _all: dict) -> list[Row]:
     return _rows(b, summ, MD5_LABEL, "md5", goal, details)
 
 
+def judge_blockput(b: Bench, summ: dict, all_summ: dict) -> list[Row]:
+    s3_put = _ok(all_summ.get("put1", {}), "atoll w1")
+
+    def goal(c):
+        if c.peer is not None and c.peer.kind == "atoll" and "SDK" not in c.label:
+            return "≥0.9× md5 rate", lambda m, r: r is not None and r >= 0.9
+        return None  # the SDK row measures the SDK as much as the server: information
+
+    def details(c, m):
+        if c.peer is None:
+            return f"{fmt_num(m.get('cpu_per_gib'))} CPU-s/GiB, in-process, same run"
+        x = f"{m['gbps'] / s3_put['gbps']:.2f}× atoll w1 S3 PUT (put1)" if s3_put else ""
+        return _join(_cpu_details(c, m), x)
+    return _rows(b, summ, MD5_LABEL, "md5", goal, details)
+
+
 def judge_small(b: Bench, summ: dict, _all: dict) -> list[Row]:
     def ref_for(c):  # atoll wN against nginx wN
         return f"nginx w{c.peer.workers}" if c.peer is not None and hasattr(c.peer, "workers") else "nginx w1"
@@ -448,6 +497,7 @@ def build(settings, peers: dict, src, list_info: dict) -> list[Bench]:
     benches = [
         Bench("get1", f"{big} GET, one stream (curl)", "gbps", "GB/s",
               [pc("nginx w1", lambda p: lambda: curl_get(p)), pc("atoll w1", lambda p: lambda: curl_get(p)),
+               pc("atoll blob w1", lambda p: lambda: curl_get(p), "Get Blob, service SAS"),
                pc("moto", lambda p: lambda: curl_get(p), moto_note)], judge_get1),
         Bench("ranges8", f"{big} GET, {human_size(range_part(s.big_size))} ranges, 8 in parallel (Python threads, "
               "keep-alive)", "gbps", "GB/s",
@@ -460,7 +510,7 @@ def build(settings, peers: dict, src, list_info: dict) -> list[Bench]:
               judge_put),
         Bench("small", f"4 KiB GET, {s.conn} connections (wrk -t{s.wrk_threads}, {s.dur}s)", "rps", "req/s",
               [pc(lab, (lambda p: lambda: wrk(p, p.get_url("small"), s.dur, s.conn, s.wrk_threads)))
-               for lab in ("nginx w1", "atoll w1", "nginx w2", "atoll w2")]
+               for lab in ("nginx w1", "atoll w1", "atoll blob w1", "nginx w2", "atoll w2")]
               + [pc("moto", lambda p: lambda: wrk(p, p.get_url("small"), s.moto_dur, s.conn, s.wrk_threads),
                     f"presigned GET, {s.moto_dur}s runs")], judge_small),
         Bench("head", f"HEAD, {s.conn} connections (wrk --latency, {s.dur}s; 0-byte object)", "p99_ms", "ms p99",
@@ -488,6 +538,23 @@ def build(settings, peers: dict, src, list_info: dict) -> list[Bench]:
             return Case(label, lambda: list_run(p, "lean", info["bucket"], n, s.list_max_s, n // 1000 + 5), p, note)
         return Case(label, lambda: list_run(p, "botocore", info["bucket"], None, s.botocore_max_s, n // 1000 + 5),
                     p, note + f", capped at {s.botocore_max_s:g}s")
+
+    def blockput_case(label, client, blob, note):
+        p = peers.get("atoll blob w1")
+        if p is None:
+            return Case(label, lambda: {}, None, skip=skip_reason.get("atoll blob w1", "not selected (TARGETS)"))
+        path = src.path(s.big_size)
+        return Case(label, lambda: block_put(p, label, path, s.big_size, blob, client), p, note)
+
+    benches.append(Bench(
+        "blockput", f"{big} Blob upload: Put Block × {human_size(BLOCK_SIZE)} + Put Block List (SAS)", "gbps", "GB/s",
+        [Case(MD5_LABEL, lambda: md5_rate(s.big_size), None, "target reference"),
+         blockput_case("atoll blob w1", "lean", "blockput.bin",
+                       "one stream, blocks one after the other (clients/blockput.py, mmap); "
+                       "size and block list checked"),
+         blockput_case("atoll blob w1 (SDK)", "sdk", "blockput-sdk.bin",
+                       "azure-storage-blob upload_blob, max_concurrency=4; size and block list checked")],
+        judge_blockput))
 
     lean = Bench("list", "ListObjectsV2, pages of 1,000 (lean client: http.client + SigV4 + regex XML)",
                  "keys_per_s", "keys/s", [list_case("atoll list", "lean"), list_case("moto", "lean")], judge_list)

@@ -21,13 +21,16 @@ from typing import Callable
 
 from . import benches as benches_mod
 from . import common, data, populate, report, tiering
+from .blobpeer import BlobView
 from .benches import LIST_BUCKET, build
 from .common import Settings, human_size, run_client
 from .peers import EMPTY_SIZE, SMALL_SIZE, AtollPeer, MotoPeer, NginxPeer, Peer, S3Peer
 
-ROW_IDS = ["get1", "ranges8", "put1", "small", "head", "head-paced", "list", "list-botocore"] + tiering.ROW_IDS
-BIG_ROWS = {"get1", "ranges8", "put1"}
-HTTP_ROWS = {"get1", "ranges8", "put1", "small", "head", "head-paced"}
+ROW_IDS = (["get1", "ranges8", "put1", "blockput", "small", "head", "head-paced", "list", "list-botocore"]
+           + tiering.ROW_IDS)
+BIG_ROWS = {"get1", "ranges8", "put1", "blockput"}
+HTTP_ROWS = {"get1", "ranges8", "put1", "blockput", "small", "head", "head-paced"}
+BLOB_ROWS = {"get1", "small", "blockput"}  # rows with an "atoll blob w1" case (the Blob port of atoll w1)
 LIST_ROWS = {"list", "list-botocore"}
 TIER_ROWS = set(tiering.ROW_IDS)
 NGINX_BIG_ROWS = {"get1", "ranges8", "cold1-warm"}  # rows that need nginx serving the big source file
@@ -127,16 +130,28 @@ class Run:
                     shutil.rmtree(d, ignore_errors=True)  # fresh data dir every run
                     self.per_run_dirs.append(d)
                     wanted.append((lab, lambda w=w, d=d: AtollPeer(s, w, os.path.join(d, "data"))))
+                    if w == 1 and self.rows_need(BLOB_ROWS):
+                        wanted.append(("atoll blob w1", self.blob_view))
         if "moto" in s.targets and (http or self.rows_need(LIST_ROWS)):
             wanted.append(("moto", lambda: MotoPeer(s)))
         if self.rows_need(TIER_ROWS):
             wanted.append(("azurite", lambda: tiering.AzuritePeer(s)))
         for label, make in wanted:
-            p = make()
+            try:
+                p = make()
+            except RuntimeError as e:
+                self.skip[label] = f"{label}: {e}"
+                continue
             self.peers[label] = p  # registered before start so teardown always sees it
             log(f"starting {label} on 127.0.0.1:{p.port}")
             if not p.start():
                 self.peer_failed(label, f"failed to start: {p.error}")
+
+    def blob_view(self) -> Peer:
+        atoll = self.peers.get("atoll w1")
+        if atoll is None:
+            raise RuntimeError("atoll w1 did not start")
+        return BlobView(self.s, atoll)
 
     def peer_failed(self, label: str, why: str) -> None:
         p = self.peers.pop(label, None)
@@ -154,7 +169,9 @@ class Run:
             if isinstance(p, tiering.AzuritePeer):
                 continue  # its data sets are loaded by setup_tiering
             try:
-                if isinstance(p, NginxPeer):
+                if isinstance(p, BlobView):  # after atoll w1 (inserted after it): reads the objects it put
+                    p.setup_objects(self.src, s.big_size if "get1" in self.rows else None)
+                elif isinstance(p, NginxPeer):
                     p.setup_objects(self.src, s.big_size if self.rows_need(NGINX_BIG_ROWS) else None)
                 elif isinstance(p, S3Peer):
                     size = None
@@ -324,7 +341,7 @@ class Run:
         """Unmeasured: one GET of each large object (page cache), one PUT per server (so that every measured PUT
         finds its previous object to delete, see benches.curl_put) and a 1 s wrk per server."""
         for b in benches:
-            if b.id == "put1":
+            if b.id in ("put1", "blockput"):
                 for c in b.cases:
                     if c.peer is not None and not c.skip:
                         log(f"warm-up PUT to {c.label}")

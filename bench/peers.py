@@ -18,6 +18,8 @@ from .data import SourceFiles
 
 ACCESS_KEY = "AKIDBENCHATOLL000001"
 SECRET_KEY = "benchSecretKey0000000000000000000000000x"  # 40 chars, local throwaway credentials
+ACCOUNT_NAME = "atollbench"  # the root identity's Azure Blob account (bench/blobpeer.py), equally throwaway
+ACCOUNT_KEY = "YXRvbGwtYmVuY2gtYmxvYi1rZXktMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMA=="  # 64 bytes
 REGION = "us-east-1"
 OBJ_BUCKET = "bench"
 SMALL_SIZE = 4096
@@ -244,6 +246,7 @@ class AtollPeer(S3Peer):
         super().__init__(settings, label or f"atoll w{workers}")
         self.workers = workers
         self.data_dir = data_dir
+        self.blob_port = free_port()  # every Atoll gets its own Blob port: the default 10000 would collide
 
     @staticmethod
     def base_command(settings: Settings) -> list[str] | None:
@@ -259,7 +262,8 @@ class AtollPeer(S3Peer):
                                            f"{HOST}:{self.port}", "--workers", str(self.workers)]
         # Admin API off: two Atoll peers run side by side and would both want the default admin port.
         return cmd, {"ATOLL_ROOT_ACCESS_KEY": ACCESS_KEY, "ATOLL_ROOT_SECRET_KEY": SECRET_KEY,
-                     "ATOLL_ADMIN_ADDRESS": "off"}
+                     "ATOLL_ADMIN_ADDRESS": "off", "ATOLL_BLOB_LISTEN": f"{HOST}:{self.blob_port}",
+                     "ATOLL_ROOT_ACCOUNT_NAME": ACCOUNT_NAME, "ATOLL_ROOT_ACCOUNT_KEY": ACCOUNT_KEY}
 
 
 class MotoPeer(S3Peer):

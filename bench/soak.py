@@ -34,7 +34,7 @@ sys.path[:0] = [os.path.join(REPO, "tests"), os.path.join(REPO, "tests", "wan")]
 
 from coldstores import AzuriteServer, FaultProxy  # noqa: E402
 from harness import AtollProcess  # noqa: E402
-from wanutil import WarmReaders, admin_status, percentile  # noqa: E402
+from wanutil import WarmReaders, admin_status, no_retry_client, percentile  # noqa: E402
 
 KIB, MIB = 1 << 10, 1 << 20
 BIG = 12 * MIB
@@ -71,11 +71,34 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class Writer:
+class Loop:
+    """``_run`` on a daemon thread from ``start`` until ``stop`` sets ``_stop``."""
+
+    stop_timeout = 30.0  # the longest wait for ``_run`` to return
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.stop_timeout)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Writer(Loop):
     """Writes at a steady rate from a thread; ``expected`` is the newest acknowledged state of every key (a
     SHA-256, or None once deleted). A failed write makes its key ambiguous: either state may be right."""
 
+    stop_timeout = 120.0  # a 12 MiB write under way
+
     def __init__(self, client, bucket: str, rate: float) -> None:
+        super().__init__()
         self.client = client
         self.bucket = bucket
         self.interval = 1.0 / rate
@@ -86,15 +109,6 @@ class Writer:
         self.accepted: dict[str, int] = {}
         self.failed: dict[str, int] = {}
         self.slowest: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(120)
 
     def _run(self) -> None:
         n = 0
@@ -132,22 +146,14 @@ class Writer:
         self.ambiguous.pop(key, None)
 
 
-class Sampler:
+class Sampler(Loop):
     """The server's own view, once a second: backlog and recovery point (admin API), cold store state."""
 
     def __init__(self, server: AtollProcess) -> None:
+        super().__init__()
         self.server = server
         self.samples: list[tuple[float, str, int, int, float, str]] = []  # (t, phase, objects, bytes, rp, state)
         self.phase = "healthy"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
     def latest(self) -> tuple:
         return self.samples[-1] if self.samples else (0.0, "", 0, 0, 0.0, "")
@@ -156,7 +162,7 @@ class Sampler:
         while not self._stop.wait(1.0):
             try:
                 status = admin_status(self.server)
-            except OSError:
+            except (OSError, AssertionError):  # no answer, or not a 2xx one: the next sample will tell
                 continue
             backlog = status["drain"]["backlog"]
             states = {view["state"] for view in status["cold_stores"]}
@@ -168,13 +174,7 @@ class Sampler:
 
 
 def client_for(server: AtollProcess):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
-                        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-                        config=Config(signature_version="s3v4", retries={"total_max_attempts": 1},
-                                      read_timeout=120))
+    return no_retry_client(server, read_timeout=120)
 
 
 def verify(azurite: AzuriteServer, container: str, prefix: str, writer: Writer) -> dict:

@@ -67,6 +67,10 @@ def serve(
     data_dir: Optional[str] = DataDirOpt,
     s3_address: Optional[str] = typer.Option(None, "--s3-address", help="HOST:PORT for S3 (default 127.0.0.1:9000)."),
     s3_domain: Optional[list[str]] = typer.Option(None, "--s3-domain", help="Domain for virtual-hosted style."),
+    blob_address: Optional[str] = typer.Option(None, "--blob-address", help='HOST:PORT for Azure Blob (default '
+                                               '127.0.0.1:10000), "off" for none.'),
+    blob_domain: Optional[list[str]] = typer.Option(None, "--blob-domain", help="Domain for host style "
+                                                    "(ACCOUNT.DOMAIN)."),
     region: Optional[str] = typer.Option(None, "--region", help="Region reported to clients (default us-east-1)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Serving processes sharing the port."),
     access_log: Optional[str] = typer.Option(None, "--access-log", help='Access log path, "-" for stderr, "off".'),
@@ -74,6 +78,7 @@ def serve(
 ) -> None:
     """Run the Atoll server."""
     config = _config(config_file, data_dir=data_dir, s3_address=s3_address, s3_domains=s3_domain or None,
+                     blob_listen=blob_address, blob_domains=blob_domain or None,
                      region=region, workers=workers, access_log=access_log, log_level=log_level)
     from atoll.admin.multiproc import prepare_metrics_dir
 
@@ -102,23 +107,41 @@ def version() -> None:
 @key_app.command("create")
 def key_create(
     name: str = typer.Option(..., "--name", help="Display name of the new identity."),
+    account: Optional[str] = typer.Option(None, "--account", help="Also an Azure Blob account of this name (3-24 "
+                                          "lower-case letters and digits), with a new base64 key."),
     as_json: bool = typer.Option(False, "--json", help="Print the identity as one JSON object."),
     config_file: Optional[str] = ConfigOpt,
     data_dir: Optional[str] = DataDirOpt,
 ) -> None:
-    """Create an identity with a new access key and secret."""
+    """Create an identity with a new access key and secret (and, with --account, a Blob account and key)."""
     if not name.strip() or len(name) > 128:
         _fail("--name must be 1 to 128 characters")
     config = _config(config_file, data_dir=data_dir)
-    identity = _with_store(config, lambda ns: ns.create_identity(name))
+
+    async def create(ns):
+        from atoll.errors import InvalidArgument
+
+        try:
+            return await ns.create_identity(name, account_name=account or "")
+        except InvalidArgument as exc:
+            return exc.message
+
+    identity = _with_store(config, create)
+    if isinstance(identity, str):
+        _fail(f"--account: {identity}")
     record = {"access_key_id": identity.access_key, "secret_access_key": identity.secret_key,
               "owner_id": identity.owner_id, "display_name": identity.display_name}
+    if identity.account_name:
+        record.update(account_name=identity.account_name, account_key=identity.account_key)
     if as_json:
         sys.stdout.write(json.dumps(record) + "\n")
         return
     console.print(f"access key id:     {identity.access_key}\nsecret access key: {identity.secret_key}\n"
                   f"owner id:          {identity.owner_id}\ndisplay name:      {identity.display_name}",
                   highlight=False)
+    if identity.account_name:
+        console.print(f"account name:      {identity.account_name}\naccount key:       {identity.account_key}",
+                      highlight=False)
 
 
 @key_app.command("list")
@@ -129,7 +152,8 @@ def key_list(as_json: bool = typer.Option(False, "--json"), config_file: Optiona
     identities = _with_store(config, lambda ns: ns.meta.list_identities())
     if as_json:
         sys.stdout.write(json.dumps([{"access_key_id": i.access_key, "owner_id": i.owner_id,
-                                      "display_name": i.display_name, "root": i.is_root} for i in identities]) + "\n")
+                                      "display_name": i.display_name, "root": i.is_root,
+                                      "account_name": i.account_name} for i in identities]) + "\n")
         return
     table = Table("access key id", "display name", "owner id", "root")
     for i in identities:

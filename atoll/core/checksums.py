@@ -94,3 +94,10 @@ def multipart_etag(part_md5_hexes: list[str]) -> str:
     for hexdigest in part_md5_hexes:
         md5.update(bytes.fromhex(hexdigest))
     return f"{md5.hexdigest()}-{len(part_md5_hexes)}"
+
+
+def azure_crc64(crc64nvme_digest: bytes) -> str:
+    """The x-ms-content-crc64 form of a CRC-64/NVME digest. Azure Storage's CRC-64 is the same function (reflected
+    polynomial 0x9A6C9329AC4BC9B5, init and xorout all ones), but Azure sends the value little-endian where S3's
+    x-amz-checksum-crc64nvme is big-endian."""
+    return base64.b64encode(crc64nvme_digest[::-1]).decode()

@@ -22,6 +22,9 @@ class Identity:
     display_name: str
     created: float
     is_root: bool = False
+    # Azure Blob: the account this identity answers to (Shared Key / SAS) and its base64 key; "" when it has none.
+    account_name: str = ""
+    account_key: str = ""
 
 
 @dataclass(slots=True)
@@ -30,6 +33,20 @@ class Bucket:
     owner_id: str
     created: float
     region: str = "us-east-1"
+
+
+@dataclass(slots=True)
+class BucketProperties:
+    """What a bucket carries besides its objects: public read access (Azure's container access level: "" private,
+    "blob" anonymous reads of objects, "container" also anonymous listing), user metadata, stored access policies
+    (Azure signed identifiers, kept as given) and when these last changed. Only the Blob front end honours
+    ``public_access`` so far; S3 keeps every bucket private."""
+
+    bucket: str
+    public_access: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    access_policies: list[dict[str, str]] = field(default_factory=list)
+    modified: float = 0.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,6 +99,9 @@ class ObjectVersion:
     cold_mtime: float = 0.0
     warm_seq: int = 0  # insertion order for eviction (SIEVE); 0 = never evictable (local bucket)
     pinned_until: float = 0.0
+    # The committed block list, (block id, size, MD5 hex) in order, of a blob written by Azure Put Block List;
+    # empty for every other write (Get Block List then reports no committed blocks, as Azure does after Put Blob).
+    blocks: list[tuple[str, int, str]] = field(default_factory=list)
     # Not stored: set on the copy served when the cold store could not be asked whether it is current.
     stale: bool = False
 
@@ -198,3 +218,38 @@ class Part:
     blob_id: str
     last_modified: float
     checksums: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Block:
+    """An uncommitted block (Azure Put Block): it belongs to a blob name, not to an upload, until a Put Block
+    List uses it (its blob becomes an extent of the new version) or drops it (its blob becomes garbage)."""
+
+    bucket: str
+    key: str
+    block_id: str  # the client's base64 id, as sent
+    blob_id: str
+    size: int
+    md5: str  # hex
+    created: float
+
+
+@dataclass(slots=True)
+class CopyState:
+    """The last copy into a key (Azure Copy Blob): one row per destination key, replaced by the next copy.
+    ``version_id`` names the version the copy committed; the state describes a key only while that version (or,
+    when pending and nothing was committed yet, no newer write) is current. ``heartbeat`` is renewed by the
+    worker running a pending copy: a pending copy whose heartbeat stopped is a copy that died with its worker."""
+
+    bucket: str
+    key: str
+    copy_id: str
+    source: str  # the source URL without its query (no SAS or presigned signature is ever stored)
+    status: str  # pending | success | aborted | failed
+    started: float
+    copied: int = 0
+    total: int = -1  # -1 while unknown
+    completed: float = 0.0
+    description: str = ""
+    version_id: str = ""
+    heartbeat: float = 0.0

@@ -13,6 +13,7 @@ acknowledged before both are on disk.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import ipaddress
 import logging
@@ -30,6 +31,10 @@ from atoll.core import ingest
 from atoll.core.conditions import ReadConditions, check as check_conditions
 from atoll.core.listing import ListPage, list_page
 from atoll.core.models import RESIDENT, Bucket, Extent, Identity, Link, ObjectVersion, Part, Upload
+from atoll.core import blocks as blk
+from atoll.core.models import Block
+from atoll.core.models import BucketProperties
+from atoll.core import leases
 from atoll.core.tiering.listing import list_linked
 from atoll.stores.data.base import DataStore
 from atoll.stores.cold.store import Traffic, cold_path
@@ -49,6 +54,7 @@ GC_GRACE_SECONDS = 10.0  # a reader that looked up a row just before an overwrit
 _IDENTITY_TTL = 5.0
 SMALL_OBJECT_CACHE_MAX = 64 << 10  # objects up to this size are kept in memory when read
 _BUCKET_TTL = 1.0
+PUBLIC_ACCESS_LEVELS = ("", "blob", "container")
 
 # Given the digests of a staged body and its size, a front end checks what the client declared and returns
 # the checksums to store (algorithm -> base64); it raises BadDigest/InvalidDigest on a mismatch.
@@ -62,6 +68,17 @@ _SECRET_ALPHABET = string.ascii_letters + string.digits
 def new_secret_key() -> str:
     """40 random letters and digits (238 bits): no '-' or '_' that a shell or a CLI could take for an option."""
     return "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40))
+
+
+def new_account_key() -> str:
+    """An Azure-style account key: base64 of 64 random bytes (Shared Key signs with the decoded bytes)."""
+    return base64.b64encode(secrets.token_bytes(64)).decode()
+
+
+def validate_account_name(name: str) -> None:
+    """Azure's rule: 3 to 24 lower-case letters and digits (it is also a DNS label in host-style URLs)."""
+    if not (3 <= len(name) <= 24 and name.isascii() and all(c.islower() or c.isdigit() for c in name)):
+        raise errors.InvalidArgument("An account name is 3 to 24 lower-case letters and digits.")
 
 
 def validate_bucket_name(name: str) -> None:
@@ -127,13 +144,16 @@ class _HitCache(Generic[T]):
 class Namespace:
     def __init__(self, meta: MetaStore, data: DataStore, *, region: str = "us-east-1",
                  min_part_size: int = MIN_PART_SIZE, small_cache_bytes: int = 64 << 20,
-                 tier: "Tiering | None" = None) -> None:
+                 tier: "Tiering | None" = None, uncommitted_block_ttl: float = blk.UNCOMMITTED_BLOCK_TTL) -> None:
         self.meta = meta
         self.data = data
         self.tier = tier
         self.region = region
         self.min_part_size = min_part_size
+        self.uncommitted_block_ttl = uncommitted_block_ttl
         self._identities: _HitCache[Identity] = _HitCache(_IDENTITY_TTL)
+        self._account_identities: _HitCache[Identity] = _HitCache(_IDENTITY_TTL)
+        self._bucket_properties: _HitCache[BucketProperties] = _HitCache(_BUCKET_TTL)
         self._buckets: _HitCache[Bucket] = _HitCache(_BUCKET_TTL)
         self._gc_task: asyncio.Task | None = None
         self.small_cache_bytes = small_cache_bytes
@@ -145,7 +165,11 @@ class Namespace:
         return await self._identities.get(access_key, self.meta.get_identity)
 
     async def create_identity(self, display_name: str, *, access_key: str | None = None,
-                              secret_key: str | None = None, is_root: bool = False) -> Identity:
+                              secret_key: str | None = None, is_root: bool = False,
+                              account_name: str = "") -> Identity:
+        """``account_name``: also give the identity an Azure Blob account of that name, with a new key."""
+        if account_name:
+            validate_account_name(account_name)
         identity = Identity(
             access_key=access_key or "AK" + secrets.token_hex(9).upper(),
             secret_key=secret_key or new_secret_key(),
@@ -153,9 +177,14 @@ class Namespace:
             display_name=display_name,
             created=time.time(),
             is_root=is_root,
+            account_name=account_name,
+            account_key=new_account_key() if account_name else "",
         )
         await self.meta.put_identity(identity)
         return identity
+
+    async def identity_by_account(self, account_name: str) -> Identity | None:
+        return await self._account_identities.get(account_name, self.meta.get_identity_by_account)
 
     # buckets -----------------------------------------------------------------------------------------
     async def _bucket(self, name: str) -> Bucket | None:
@@ -180,13 +209,30 @@ class Namespace:
         self._buckets.forget(name)
         return bucket
 
+    async def bucket_properties(self, name: str) -> BucketProperties:
+        """Public access, metadata and access policies of a bucket (defaults when never set). No ownership check:
+        the front end asks this to decide whether an anonymous read is allowed at all."""
+        found = await self._bucket_properties.get(name, self.meta.get_bucket_properties)
+        return found if found is not None else BucketProperties(name)
+
+    async def set_bucket_properties(self, identity: Identity, props: BucketProperties) -> BucketProperties:
+        await self.bucket_for(identity, props.bucket)
+        if props.public_access not in PUBLIC_ACCESS_LEVELS:
+            raise errors.InvalidArgument(f"Public access level {props.public_access[:32]!r} is not valid.")
+        props.modified = time.time()
+        await self.meta.put_bucket_properties(props)
+        self._bucket_properties.forget(props.bucket)
+        return props
+
     async def list_buckets(self, identity: Identity) -> list[Bucket]:
         return await self.meta.list_buckets(None if identity.is_root else identity.owner_id)
 
-    async def delete_bucket(self, identity: Identity, name: str) -> None:
+    async def delete_bucket(self, identity: Identity, name: str, *, lease_id: str | None = None) -> None:
         await self.bucket_for(identity, name)
+        await self.check_lease(name, "", lease_id)
         await self.meta.delete_bucket(name)
         self._buckets.forget(name)
+        self._bucket_properties.forget(name)
 
     # reading -----------------------------------------------------------------------------------------
     async def head_object(self, identity: Identity | None, bucket: str, key: str) -> ObjectVersion:
@@ -431,9 +477,11 @@ class Namespace:
 
     async def put_object(self, identity: Identity, bucket: str, key: str, body: AsyncIterator[bytes], *,
                          headers: dict[str, str], user_meta: dict[str, str], algorithms: set[str],
-                         verify: Verifier, condition: WriteCondition | None = None) -> ObjectVersion:
+                         verify: Verifier, condition: WriteCondition | None = None,
+                         lease_id: str | None = None) -> ObjectVersion:
         validate_key(key)
         await self.bucket_for(identity, bucket)
+        await self.check_lease(bucket, key, lease_id)
         link = await self._write_link(bucket, key)
         await self._check_write_condition(bucket, key, condition)
         staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)
@@ -443,18 +491,21 @@ class Namespace:
             checksums=stored, checksum_type="FULL_OBJECT" if stored else "",
             extents=[Extent(staged.blob_id, 0, staged.size)], owner_id=identity.owner_id,
         )
-        return await self._commit_version(version, condition, link)
+        return await self._commit_version(version, _lease_guarded(condition, lease_id), link)
 
-    async def delete_object(self, identity: Identity, bucket: str, key: str) -> None:
+    async def delete_object(self, identity: Identity, bucket: str, key: str, *, lease_id: str | None = None) -> None:
         validate_key(key)
         await self.bucket_for(identity, bucket)
+        await self.check_lease(bucket, key, lease_id)
         link = await self._write_link(bucket, key)
         journal = await self._delete_linked(link, key)
         await self.meta.delete_object(bucket, key, journal=journal)
         self._after_linked_write(link, key)
 
-    async def delete_objects(self, identity: Identity, bucket: str, keys: Sequence[str]) -> list[str | None]:
-        """Delete many keys at once; per key None on success or an error message (invalid key)."""
+    async def delete_objects(self, identity: Identity, bucket: str, keys: Sequence[str], *,
+                             despite_leases: bool = False) -> list[str | None]:
+        """Delete many keys at once; per key None on success or an error message (invalid key, LeaseIdMissing).
+        ``despite_leases``: leased keys go too (Azure's Delete Container removes leased blobs)."""
         await self.bucket_for(identity, bucket)
         outcome: list[str | None] = []
         valid = []
@@ -465,6 +516,10 @@ class Namespace:
                 valid.append(key)
             except errors.AtollError as exc:
                 outcome.append(type(exc).__name__)
+        for at, key in enumerate(keys):
+            if outcome[at] is None and not despite_leases and await self._lease_refuses(bucket, key):
+                valid.remove(key)
+                outcome[at] = "LeaseIdMissing"
         if valid:
             link = await self._write_link(bucket, None)
             if link is not None:
@@ -486,11 +541,12 @@ class Namespace:
 
     async def copy_object(self, identity: Identity, source: CopySource, bucket: str, key: str, *,
                           replace_metadata: bool, headers: dict[str, str], user_meta: dict[str, str],
-                          condition: WriteCondition | None = None) -> ObjectVersion:
+                          condition: WriteCondition | None = None, lease_id: str | None = None) -> ObjectVersion:
         validate_key(key)
         src = await self.head_object(identity, source.bucket, source.key)
         check_conditions(source.conditions, src.etag, src.last_modified) if not source.conditions.empty else None
         await self.bucket_for(identity, bucket)
+        await self.check_lease(bucket, key, lease_id)
         link = await self._write_link(bucket, key)
         if src.residency != RESIDENT:
             src = await self._resident(identity, source.bucket, source.key)
@@ -534,7 +590,7 @@ class Namespace:
             checksums=dict(src.checksums), checksum_type=src.checksum_type, extents=new_extents,
             part_count=src.part_count, owner_id=identity.owner_id,
         )
-        return await self._commit_version(version, condition, link)
+        return await self._commit_version(version, _lease_guarded(condition, lease_id), link)
 
     # listing -----------------------------------------------------------------------------------------
     async def list_objects(self, identity: Identity | None, bucket: str, *, prefix: str, delimiter: str,
@@ -641,9 +697,11 @@ class Namespace:
     async def complete_upload(self, identity: Identity, bucket: str, key: str, upload_id: str,
                               requested: Sequence[tuple[int, str, dict[str, str]]], *,
                               condition: WriteCondition | None = None,
-                              full_object_checksum: dict[str, str] | None = None) -> ObjectVersion:
+                              full_object_checksum: dict[str, str] | None = None,
+                              lease_id: str | None = None) -> ObjectVersion:
         """``requested``: (part number, ETag, checksums the client listed) in the client's order."""
         upload = await self.upload_for(identity, bucket, key, upload_id)
+        await self.check_lease(bucket, key, lease_id)
         if not requested:
             raise errors.InvalidRequest("You must specify at least one part.", code="MalformedXML")
         numbers = [n for n, _, _ in requested]
@@ -690,7 +748,8 @@ class Namespace:
         )
         link = await self._write_link(bucket, key)
         journal = await self._prepare_linked(link, version)
-        await self.meta.complete_upload(upload_id, version, numbers, condition, journal=journal)
+        await self.meta.complete_upload(upload_id, version, numbers, _lease_guarded(condition, lease_id),
+                                        journal=journal)
         self._after_linked_write(link, key)
         return version
 
@@ -708,8 +767,128 @@ class Namespace:
         await self.bucket_for(identity, bucket)
         return await self.meta.list_uploads(bucket, prefix, key_marker, upload_id_marker, limit)
 
+    # leases (Azure semantics, atoll/core/leases.py) ----------------------------------------------------
+    async def lease(self, identity: Identity, bucket: str, key: str,
+                    request: leases.LeaseRequest) -> leases.LeaseOutcome:
+        """Acquire, renew, change, release or break the lease of an object, or of the bucket when ``key`` is ''.
+        One metadata transaction decides, so every worker process sees the same lease."""
+        await self.bucket_for(identity, bucket)
+        if key:
+            validate_key(key)
+            await self.head_object(identity, bucket, key)  # NoSuchKey; on a linked bucket, indexes a cold object
+
+        def step(current: leases.Lease | None) -> tuple[leases.Lease | None, leases.LeaseOutcome]:
+            outcome = leases.apply(current, request, time.time())
+            return outcome.lease, outcome
+        return await self.meta.apply_lease(bucket, key, step)
+
+    async def lease_view(self, bucket: str, key: str = "") -> leases.LeaseView:
+        """The lease status, state and duration of an object (or of the bucket for key ''), for properties."""
+        return leases.view(await self.meta.get_lease(bucket, key), time.time())
+
+    async def lease_views(self, bucket: str, keys: Sequence[str]) -> dict[str, leases.LeaseView]:
+        """Lease views of a listing page's keys (in key order): one range query for the page."""
+        if not keys:
+            return {}
+        found = await self.meta.list_leases(bucket, keys[0], keys[-1])
+        now = time.time()
+        return {key: leases.view(found.get(key), now) for key in keys}
+
+    async def check_lease(self, bucket: str, key: str, lease_id: str | None) -> None:
+        """Every write path calls this before it changes an object (``key``) or deletes a bucket (key ''): a held
+        lease must be named by ``lease_id``; a lease id naming no held lease is refused too. S3 requests never
+        name one, so they cannot change a leased object (AccessDenied there). Checked before the body is read (to
+        fail fast) and again in the commit's transaction (``_lease_guarded``): a lease taken while a body streams
+        in stops the write. Deletes are checked here only (no body: the window is one metadata round trip)."""
+        lease = await self.meta.get_lease(bucket, key)
+        if lease is not None and key and await self.meta.get_object(bucket, key) is None:
+            lease = None  # stale: its row went another way than a delete (see MetaStore.apply_lease)
+        if lease is None and lease_id is None:
+            return
+        leases.check_write(lease, lease_id, time.time(), container=not key)
+
+    async def _lease_refuses(self, bucket: str, key: str) -> bool:
+        lease = await self.meta.get_lease(bucket, key)
+        return lease is not None and lease.held(time.time()) and await self.meta.get_object(bucket, key) is not None
+
+    # block lists (Azure block blobs; rules in atoll.core.blocks) -------------------------------------------
+    async def put_block(self, identity: Identity, bucket: str, key: str, block_id: str, body: AsyncIterator[bytes],
+                        *, verify: Verifier | None = None, algorithms: set[str] = frozenset(),
+                        content_md5: bytes | None = None) -> Block:
+        """Stage an uncommitted block of the blob ``key``. ``body`` is any byte stream: a block copied from another
+        object or URL (Put Block From URL) is staged the same way. ``verify`` checks what the client declared;
+        ``content_md5`` is the simple case of it (BadDigest when the bytes differ)."""
+        validate_key(key)
+        blk.validate_block_id(block_id)
+        await self.bucket_for(identity, bucket)
+        await self._write_link(bucket, key)
+        current = await self.meta.get_object(bucket, key)
+        if current is not None and current.blocks and len(current.blocks[0][0]) != len(block_id):
+            raise blk.mixed_id_lengths()
+        staged, _ = await self._stage_verified(body, set(algorithms), blk.block_verifier(verify, content_md5),
+                                               blk.MAX_BLOCK_SIZE)
+        block = Block(bucket=bucket, key=key, block_id=block_id, blob_id=staged.blob_id, size=staged.size,
+                      md5=staged.digests["md5"].hex(), created=time.time())
+        try:
+            await self.meta.put_block(block, blk.MAX_UNCOMMITTED_BLOCKS)
+        except BaseException:
+            await self._discard_blobs([staged.blob_id])
+            raise
+        return block
+
+    async def put_block_list(self, identity: Identity, bucket: str, key: str, requested: Sequence[tuple[str, str]],
+                             *, headers: dict[str, str], user_meta: dict[str, str],
+                             condition: WriteCondition | None = None, lease_id: str | None = None) -> ObjectVersion:
+        """Commit a block list: ``requested`` is (block id, 'committed' | 'uncommitted' | 'latest') in order. The
+        blocks become the extents of a new version (nothing is copied); uncommitted blocks not used are dropped."""
+        validate_key(key)
+        await self.bucket_for(identity, bucket)
+        await self.check_lease(bucket, key, lease_id)
+        link = await self._write_link(bucket, key)
+        if len(requested) > blk.MAX_COMMITTED_BLOCKS:
+            raise errors.InvalidRequest(f"A block list may name at most {blk.MAX_COMMITTED_BLOCKS} blocks.",
+                                        code="BlockListTooLong")
+        await self._check_write_condition(bucket, key, condition)
+        current = await self.meta.get_object(bucket, key)
+        if current is not None and current.blocks and current.residency != RESIDENT and any(
+                kind != "uncommitted" for _, kind in requested):
+            warm = await self._resident(identity, bucket, key)
+            if warm.version_id != current.version_id:
+                raise errors.ConditionalRequestConflict("The blob changed while its block list was committed; "
+                                                        "retry.")
+            current = warm
+        chosen = blk.choose_blocks(requested, current, await self.meta.list_blocks(bucket, key))
+        version = ObjectVersion(
+            bucket=bucket, key=key, version_id=self.data.new_blob_id(), size=chosen.size, etag=chosen.etag,
+            last_modified=time.time(), headers=headers, user_meta=user_meta, extents=chosen.extents,
+            part_count=chosen.part_count, owner_id=identity.owner_id, blocks=chosen.blocks,
+        )
+        journal = await self._prepare_linked(link, version)
+        await self.meta.commit_blocks(version, current.version_id if chosen.reuses_committed else None,
+                                      chosen.staged, _lease_guarded(condition, lease_id), journal=journal)
+        self._after_linked_write(link, key)
+        return version
+
+    async def get_block_list(self, identity: Identity | None, bucket: str, key: str,
+                             which: str = "committed") -> blk.BlockList:
+        """``which``: 'committed', 'uncommitted' or 'all'. NoSuchKey when the name has neither a version nor
+        uncommitted blocks."""
+        await self.bucket_for(identity, bucket)
+        try:
+            version = await self.head_object(identity, bucket, key)
+        except errors.NoSuchKey:
+            version = None
+        staged = await self.meta.list_blocks(bucket, key)
+        if version is None and not staged:
+            raise errors.NoSuchKey(bucket=bucket, key=key)
+        return blk.BlockList(
+            version=version,
+            committed=[(b, n) for b, n, _ in version.blocks] if version is not None and which != "uncommitted" else [],
+            uncommitted=staged if which != "committed" else [])
+
     # garbage collection ------------------------------------------------------------------------------
     async def collect_garbage_once(self, grace: float = GC_GRACE_SECONDS) -> int:
+        await self.meta.expire_blocks(time.time() - self.uncommitted_block_ttl, 1000)
         blob_ids = await self.meta.take_garbage(time.time() - grace, 1000)
         if blob_ids:
             await self._discard_blobs(blob_ids)
@@ -743,6 +922,11 @@ class Namespace:
                 await self._gc_task
             except asyncio.CancelledError:
                 pass
+
+
+def _lease_guarded(condition: WriteCondition | None, lease_id: str | None) -> WriteCondition:
+    """``condition`` that also has the metadata transaction check the key's lease (see ``check_lease``)."""
+    return dataclasses.replace(condition or WriteCondition(), guard_lease=True, lease_id=lease_id)
 
 
 def _journaled(link: Link | None) -> bool:

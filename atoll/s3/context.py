@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from atoll.auth.sigv4 import AuthContext
 from atoll.core.models import Identity
 from atoll.core.namespace import Namespace
+from atoll.http.query import parse_query as parse_http_query
 from atoll.http.server import Request
 from atoll.s3.errors import S3Error
 from atoll.s3.numbers import is_integer
@@ -52,42 +52,9 @@ class S3Context:
         return value
 
 
-_parsed_queries: dict[str, dict[str, str]] = {}
-_PARSED_QUERIES_MAX = 4096
-
-
 def parse_query(raw: str) -> dict[str, str]:
-    """Query parameters decoded with ``unquote`` (never ``unquote_plus``: S3 clients encode '+' as %2B and a
-    literal '+' must stay '+').
-
-    The result is shared and must not be modified: the same query string (a presigned URL that a data loader
-    fetches again and again, a listing's fixed parameters) is parsed once and then looked up."""
-    if not raw:
-        return {}
-    cached = _parsed_queries.get(raw)
-    if cached is not None:
-        return cached
-    params = _parse_query(raw)
-    if len(_parsed_queries) >= _PARSED_QUERIES_MAX:
-        _parsed_queries.clear()
-    _parsed_queries[raw] = params
-    return params
-
-
-def _parse_query(raw: str) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for item in raw.split("&"):
-        if not item:
-            continue
-        name, _, value = item.partition("=")
-        try:
-            # Most names and values carry no escapes; skipping unquote() for them halves the parse of a
-            # presigned URL's query, which is on the path of every small GET.
-            if "%" in name:
-                name = unquote(name, errors="strict")
-            if "%" in value:
-                value = unquote(value, errors="strict")
-        except UnicodeDecodeError:
-            raise S3Error("InvalidURI", "Couldn't parse the specified URI.") from None
-        params[name] = value
-    return params
+    """Query parameters (see atoll.http.query; the result is shared and must not be modified)."""
+    try:
+        return parse_http_query(raw)
+    except UnicodeDecodeError:
+        raise S3Error("InvalidURI", "Couldn't parse the specified URI.") from None

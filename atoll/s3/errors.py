@@ -65,8 +65,8 @@ class S3Error(Exception):
 
 def code_and_status(exc: errors.AtollError) -> tuple[str, int]:
     explicit = exc.detail.get("code") if exc.detail else None
-    if isinstance(explicit, str):
-        return explicit, STATUS_BY_CODE.get(explicit, 400)
+    if isinstance(explicit, str) and explicit in STATUS_BY_CODE:  # another protocol's code (a lease's): by class
+        return explicit, STATUS_BY_CODE[explicit]
     for cls in type(exc).__mro__:
         if cls in _TABLE:
             return _TABLE[cls]

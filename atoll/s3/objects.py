@@ -308,6 +308,7 @@ async def delete_objects(ctx: S3Context) -> Response:
     outcome = await ctx.ns.delete_objects(identity, ctx.bucket, keys)
     deleted = [k for k, err in zip(keys, outcome) if err is None]
     failed = [(k, "KeyTooLongError" if err == "KeyTooLong" else "InvalidArgument", "The key is not valid.")
+              if err != "LeaseIdMissing" else (k, "AccessDenied", "The object is leased through the Blob endpoint.")
               for k, err in zip(keys, outcome) if err is not None]
     return Response(200, [("Content-Type", "application/xml")], xml.delete_result(deleted, failed, quiet))
 

@@ -9,6 +9,9 @@ every worker stops accepting, finishes its in-flight requests within ``shutdown_
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import dataclasses
 import gc
 import logging
 import os
@@ -22,7 +25,10 @@ from dataclasses import dataclass
 from atoll.admin.multiproc import mark_dead as mark_metrics_dead
 from atoll.admin.peerhealth import HealthPublisher, health_dir
 from atoll.config import Config
-from atoll.core.namespace import Namespace, new_secret_key
+from atoll import errors
+from atoll.blob.app import BlobApp
+from atoll.core.models import Identity
+from atoll.core.namespace import Namespace, new_account_key, new_secret_key, validate_account_name
 from atoll.core.recovery import reclaim_orphan_blobs
 from atoll.core.tiering.jobs import JobRunner
 from atoll.core.tiering.tier import Tiering, TierSettings
@@ -56,6 +62,36 @@ class RootCredentials:
     access_key: str
     secret_key: str
     generated: bool
+    account_name: str = ""  # the root's Azure Blob account and its base64 key
+    account_key: str = ""
+    account_generated: bool = False
+
+
+ROOT_ACCOUNT_NAME = "atollroot"  # the generated root account's name (Azure: 3-24 lower-case letters and digits)
+
+
+def _root_account(existing: Identity | None) -> tuple[str, str, bool]:
+    """(name, key, generated) of the root's Blob account: from ATOLL_ROOT_ACCOUNT_NAME/KEY if set, else the
+    stored one, else a new one."""
+    env_name = os.environ.get("ATOLL_ROOT_ACCOUNT_NAME")
+    env_key = os.environ.get("ATOLL_ROOT_ACCOUNT_KEY")
+    if bool(env_name) != bool(env_key):
+        raise StartupError("set both ATOLL_ROOT_ACCOUNT_NAME and ATOLL_ROOT_ACCOUNT_KEY, or neither")
+    if env_name:
+        try:
+            validate_account_name(env_name)
+        except errors.InvalidArgument as exc:
+            raise StartupError(f"ATOLL_ROOT_ACCOUNT_NAME: {exc.message}") from None
+        try:
+            if len(base64.b64decode(env_key, validate=True)) < 16:
+                raise ValueError
+        except (binascii.Error, ValueError):
+            raise StartupError("ATOLL_ROOT_ACCOUNT_KEY must be base64 of at least 16 bytes (Azure keys are 64 "
+                               "bytes)") from None
+        return env_name, env_key, False
+    if existing is not None and existing.account_name:
+        return existing.account_name, existing.account_key, False
+    return ROOT_ACCOUNT_NAME, new_account_key(), True
 
 
 @dataclass(slots=True)
@@ -106,9 +142,8 @@ def bootstrap_root(config: Config, meta: SqliteMetaStore) -> RootCredentials:
         raise StartupError("set both ATOLL_ROOT_ACCESS_KEY and ATOLL_ROOT_SECRET_KEY, or neither")
 
     async def run() -> RootCredentials:
-        from atoll.core.models import Identity
-
         existing = [i for i in await meta.list_identities() if i.is_root]
+        account, account_key, account_generated = _root_account(existing[0] if existing else None)
         if env_key:
             if len(env_key) < 3 or len(env_secret) < 8:
                 raise StartupError("ATOLL_ROOT_ACCESS_KEY must have 3+ characters and ATOLL_ROOT_SECRET_KEY 8+")
@@ -116,20 +151,47 @@ def bootstrap_root(config: Config, meta: SqliteMetaStore) -> RootCredentials:
             for old in existing:
                 if old.access_key != env_key:
                     await meta.delete_identity(old.access_key)
-            await meta.put_identity(Identity(env_key, env_secret, owner, "root", time.time(), True))
-            return RootCredentials(env_key, env_secret, False)
-        if existing:
-            return RootCredentials(existing[0].access_key, existing[0].secret_key, False)
-        key = "AKATOLL" + secrets.token_hex(7).upper()
-        secret = new_secret_key()
-        await meta.put_identity(Identity(key, secret, secrets.token_hex(32), "root", time.time(), True))
-        path = os.path.join(config.data_dir, ROOT_CREDENTIALS_FILE)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"access_key_id = {key}\nsecret_access_key = {secret}\n")
-        return RootCredentials(key, secret, True)
+            await _put_root(Identity(env_key, env_secret, owner, "root", time.time(), True, account, account_key))
+            credentials = RootCredentials(env_key, env_secret, False, account, account_key, account_generated)
+        elif existing:
+            root = existing[0]
+            if (root.account_name, root.account_key) != (account, account_key):
+                await _put_root(dataclasses.replace(root, account_name=account, account_key=account_key))
+            credentials = RootCredentials(root.access_key, root.secret_key, False, account, account_key,
+                                          account_generated)
+        else:
+            key = "AKATOLL" + secrets.token_hex(7).upper()
+            secret = new_secret_key()
+            await _put_root(Identity(key, secret, secrets.token_hex(32), "root", time.time(), True, account,
+                                     account_key))
+            credentials = RootCredentials(key, secret, True, account, account_key, account_generated)
+        if credentials.generated or credentials.account_generated:
+            _write_root_credentials(config, credentials)
+        return credentials
+
+    async def _put_root(identity: Identity) -> None:
+        try:
+            await meta.put_identity(identity)
+        except errors.InvalidArgument:
+            raise StartupError(f"the root account name {identity.account_name} is taken by another identity; set "
+                               "ATOLL_ROOT_ACCOUNT_NAME to another") from None
 
     return asyncio.run(run())
+
+
+def _write_root_credentials(config: Config, credentials: RootCredentials) -> None:
+    """<data_dir>/root-credentials (mode 0600): what was generated at this start. A root account added to an
+    older data directory leaves the S3 credentials in the file as they were."""
+    path = os.path.join(config.data_dir, ROOT_CREDENTIALS_FILE)
+    lines = ""
+    if credentials.generated:
+        lines += f"access_key_id = {credentials.access_key}\nsecret_access_key = {credentials.secret_key}\n"
+    if credentials.account_generated:
+        lines += f"account_name = {credentials.account_name}\naccount_key = {credentials.account_key}\n"
+    mode = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if credentials.generated else os.O_APPEND)
+    fd = os.open(path, mode, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(lines)
 
 
 def tier_settings(config: Config) -> TierSettings:
@@ -156,7 +218,8 @@ def tier_settings(config: Config) -> TierSettings:
 
 def build_namespace(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> Namespace:
     tier = Tiering(meta, data, tier_settings(config))
-    ns = Namespace(meta, data, region=config.region, min_part_size=config.min_part_size, tier=tier)
+    ns = Namespace(meta, data, region=config.region, min_part_size=config.min_part_size, tier=tier,
+                   uncommitted_block_ttl=config.uncommitted_block_ttl)
     tier.namespace = ns
     tier.job_runner = JobRunner(tier)  # runs only where start_background(primary=True) starts it
     return ns
@@ -168,8 +231,10 @@ def build_app(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> tup
     return S3App(ns, domains=config.s3_domains, access_log=access_log, max_skew=config.max_clock_skew), ns, access_log
 
 
-def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminListener | None = None) -> None:
-    """One serving process: its own event loop, metadata connections and HTTP server."""
+def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminListener | None = None,
+               blob_sock: socket.socket | None = None) -> None:
+    """One serving process: its own event loop, metadata connections and HTTP servers (S3, and Blob on
+    ``blob_sock``)."""
     import uvloop
 
     async def main() -> None:
@@ -181,6 +246,12 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
         server = HttpServer(app, loop, timeouts,
                             on_exception=lambda req: log.exception("request %s failed", req.id))
         await server.listen(sock)
+        blob_server = None
+        if blob_sock is not None:
+            blob_app = BlobApp(ns, domains=config.blob_domains, access_log=access_log)
+            blob_server = HttpServer(blob_app, loop, timeouts,
+                                     on_exception=lambda req: log.exception("blob request %s failed", req.id))
+            await blob_server.listen(blob_sock)
         admin_server = None
         if admin is not None and slot == 0:
             from atoll.admin.app import AdminApp
@@ -204,7 +275,10 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         await stop
         log.info("worker %d stopping: finishing in-flight requests (up to %ss)", os.getpid(), config.shutdown_grace)
-        await server.stop(config.shutdown_grace)
+        if blob_server is not None:
+            await asyncio.gather(server.stop(config.shutdown_grace), blob_server.stop(config.shutdown_grace))
+        else:
+            await server.stop(config.shutdown_grace)
         if admin_server is not None:
             await admin_server.stop(1.0)
         if publisher is not None:
@@ -229,6 +303,8 @@ def serve(config: Config) -> None:
         unreclaimed_since = _reclaim_after_crash(config, meta, data)
         # No worker runs yet: drain claims of a process that died are void (the uploads are idempotent).
         asyncio.run(meta.reset_drain_claims())
+        # Likewise copies that were running: no partial blob was committed, and they are reported as failed.
+        asyncio.run(meta.fail_pending_copies("The copy was interrupted: the server stopped.", time.time()))
     finally:
         meta.close_sync()
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -237,19 +313,37 @@ def serve(config: Config) -> None:
         hold = bind_socket(config.s3_host, config.s3_port, reuse_port=True)
     except OSError as exc:
         raise StartupError(f"cannot listen on {config.s3_address}: {exc.strerror}") from None
+    blob_hold = None
+    if config.blob_listen != "off":
+        try:
+            _check_port_free(config.blob_host, config.blob_port)
+            blob_hold = bind_socket(config.blob_host, config.blob_port, reuse_port=True)
+        except OSError as exc:
+            hold.close()
+            raise StartupError(f"cannot listen on blob_listen {config.blob_listen}: {exc.strerror} (choose another "
+                               "with --blob-address, ATOLL_BLOB_LISTEN or blob_listen, or \"off\")") from None
     admin = None
     if config.admin_address != "off":
         try:
             admin = _admin_listener(config, started)
         except StartupError:
             hold.close()
+            if blob_hold is not None:
+                blob_hold.close()
             raise
     if root.generated:
         print(f"Generated root credentials (stored in {os.path.join(config.data_dir, ROOT_CREDENTIALS_FILE)}, "
               f"shown once):\n  access key id:     {root.access_key}\n  secret access key: {root.secret_key}",
               flush=True)
+    if root.account_generated:
+        print(f"Generated root Blob account (stored in {os.path.join(config.data_dir, ROOT_CREDENTIALS_FILE)}, "
+              f"shown once):\n  account name: {root.account_name}\n  account key:  {root.account_key}",
+              flush=True)
     print(f"Atoll S3 endpoint on http://{config.s3_address} (data in {os.path.abspath(config.data_dir)}, "
           f"{config.workers} worker{'s' if config.workers > 1 else ''})", flush=True)
+    if blob_hold is not None:
+        print(f"Azure Blob endpoint on http://{config.blob_listen}/{root.account_name} (account "
+              f"{root.account_name})", flush=True)
     if admin is not None:
         from atoll.admin.token import token_path
 
@@ -265,10 +359,10 @@ def serve(config: Config) -> None:
         log.warning("cannot record the server's start in %s (%s): after a crash, run atoll fsck",
                     runstate.run_dir(config.data_dir), exc.strerror)
     if config.workers == 1:
-        run_worker(config, hold, 0, admin)
+        run_worker(config, hold, 0, admin, blob_hold)
         clean = True  # a worker that failed raised instead
     else:
-        clean = _supervise(config, hold, data, admin)
+        clean = _supervise(config, hold, data, admin, blob_hold)
     if clean:
         try:
             runstate.end(config.data_dir)
@@ -331,10 +425,13 @@ def _check_port_free(host: str, port: int) -> None:
         probe.bind((host, port))
 
 
-def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: AdminListener | None = None) -> bool:
+def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: AdminListener | None = None,
+               blob_hold: socket.socket | None = None) -> bool:
     """Fork workers, each with its own SO_REUSEPORT listening socket; restart any that dies unexpectedly.
     Returns whether every worker stopped cleanly (none died: nothing can be left half done)."""
     hold.close()  # the workers' sockets hold the port from here on
+    if blob_hold is not None:
+        blob_hold.close()
     children: dict[int, int] = {}
     started: dict[int, float] = {}  # slot -> when its current worker was started
     delay: dict[int, float] = {}  # slot -> the last restart delay
@@ -348,6 +445,8 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: 
             if stopping:
                 return
             sock = bind_socket(config.s3_host, config.s3_port, reuse_port=True)
+            blob_sock = bind_socket(config.blob_host, config.blob_port, reuse_port=True) \
+                if blob_hold is not None else None
             pid = os.fork()
             if pid == 0:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -356,12 +455,14 @@ def _supervise(config: Config, hold: socket.socket, data: FileDataStore, admin: 
                     admin.sock.close()  # only the primary serves the admin port
                 code = 0
                 try:
-                    run_worker(config, sock, slot, admin)
+                    run_worker(config, sock, slot, admin, blob_sock)
                 except BaseException:  # noqa: BLE001
                     log.exception("worker crashed")
                     code = 1
                 os._exit(code)
             sock.close()
+            if blob_sock is not None:
+                blob_sock.close()
             children[pid] = slot
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)

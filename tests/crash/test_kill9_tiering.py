@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import botocore.exceptions
@@ -48,14 +45,10 @@ import pytest
 
 from atoll.core.tiering.upload import PART_SIZE
 from atoll.server.lifecycle import MALLOC_ENV
+from coldside import COLD_KINDS, Cold, ColdSite, emulator, pattern
 from coldstores import fresh_name
-from harness import ATOLL, AtollProcess
+from harness import ATOLL, AtollProcess, first_answer_client, meta_query
 from test_kill9 import MIN_PART, Model, Writer, check_disk, content, verify_after_restart
-
-# The tiering tests' helpers (cold prefixes behind counting proxies, clients, read-only metadata queries),
-# importable whichever test directory pytest collects first.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tiering"))
-from tierutil import COLD_KINDS, Cold, ColdSite, client, emulator, meta_query  # noqa: E402
 
 SEED = int(os.environ.get("ATOLL_CRASH_SEED", "5417"))
 KILLS = int(os.environ.get("ATOLL_CRASH_KILLS", "10"))
@@ -257,23 +250,8 @@ class ColdObject:
     etag: str  # the cold store's ETag, unquoted: Atoll serves read-through objects under it
 
 
-def body_of(name: str, size: int) -> bytes:
-    """Deterministic bytes that differ every 2 KiB, so a block served at the wrong offset shows."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{name}:{counter}".encode()).digest() * 64
-        counter += 1
-    return bytes(out[:size])
-
-
 def put_cold(cold: Cold, bucket: str, key: str, body: bytes) -> ColdObject:
-    name = f"{cold.prefix}/{key}"
-    if cold.kind == "s3":
-        etag = cold.direct().put_object(Bucket=cold.container, Key=name, Body=body)["ETag"]
-    else:
-        etag = cold.direct().get_blob_client(cold.container, name).upload_blob(body, overwrite=True)["etag"]
-    return ColdObject(bucket, key, body, etag.strip('"'))
+    return ColdObject(bucket, key, body, cold.put(key, body))
 
 
 def put_cold_many(rig: Rig, role: str, sizes: dict[str, int], tag: str) -> list[ColdObject]:
@@ -281,17 +259,7 @@ def put_cold_many(rig: Rig, role: str, sizes: dict[str, int], tag: str) -> list[
     jobs = [(rig.cold_of(role, kind), rig.bucket(role, kind), key, size) for kind in COLD_KINDS
             for key, size in sizes.items()]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        return list(pool.map(lambda j: put_cold(j[0], j[1], j[2], body_of(f"{tag}/{j[1]}/{j[2]}", j[3])), jobs))
-
-
-def cold_listing(cold: Cold) -> dict[str, int]:
-    """Every key under the cold prefix (relative to it) -> size, listed directly."""
-    start = f"{cold.prefix}/"
-    if cold.kind == "s3":
-        pages = cold.direct().get_paginator("list_objects_v2").paginate(Bucket=cold.container, Prefix=start)
-        return {o["Key"][len(start):]: o["Size"] for page in pages for o in page.get("Contents", [])}
-    container = cold.direct().get_container_client(cold.container)
-    return {b.name[len(start):]: b.size for b in container.list_blobs(name_starts_with=start)}
+        return list(pool.map(lambda j: put_cold(j[0], j[1], j[2], pattern(j[3], f"{tag}/{j[1]}/{j[2]}")), jobs))
 
 
 def first_difference(got: bytes, expected: bytes) -> int:
@@ -349,13 +317,13 @@ class Reader(threading.Thread):
 def readers(server: AtollProcess, rnd: Round, count: int, pick: Callable[[random.Random], ColdObject],
             rng: random.Random) -> list[Reader]:
     """``count`` readers sharing one client (no retries; a client costs tens of milliseconds to make)."""
-    s3 = client(server, max_pool_connections=count)
+    s3 = first_answer_client(server, max_pool_connections=count)
     return [Reader(s3, rnd, pick, random.Random(rng.random())) for _ in range(count)]
 
 
 def verify_cold_objects(rig: Rig, objects: list[ColdObject], label: str, resident: bool = True) -> None:
     """After a restart: every object reads back whole and exact, and (``resident``) is then wholly warm."""
-    s3 = client(rig.server, retries={"max_attempts": 2, "mode": "standard"})
+    s3 = first_answer_client(rig.server, retries={"max_attempts": 2, "mode": "standard"})
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         verdicts = list(pool.map(lambda obj: read_and_judge(s3, obj), objects))
     problems = [v for v in verdicts if v]
@@ -396,7 +364,7 @@ def assert_colds_hold(rig: Rig, expected: dict[str, dict[str, bytes]], label: st
     reads = []
     for bucket, state in expected.items():
         cold = rig.colds[bucket]
-        listed = cold_listing(cold)
+        listed = cold.keys()
         if set(listed) != set(state):
             problems.append(f"[{cold.kind}] cold keys differ: extra {sorted(set(listed) - set(state))[:10]}, "
                             f"missing {sorted(set(state) - set(listed))[:10]}")
@@ -615,7 +583,7 @@ def test_kill9_during_the_drain_of_a_backlog(make_rig):
     for r in range(KILLS):
         rnd = Round(f"drain round {r} (seed {SEED + 3})")
         admin_call(rig.server, "POST", "/api/v1/drain/pause")
-        s3 = client(rig.server)
+        s3 = first_answer_client(rig.server)
         for kind, bucket in buckets.items():
             # An object the drain sends as a multipart upload (> PART_SIZE) every fourth round per cold store.
             write_backlog(s3, bucket, expected[bucket], rng, r, big=(r + (kind == "s3") * 2) % 4 == 0)
@@ -631,7 +599,7 @@ def test_kill9_during_the_drain_of_a_backlog(make_rig):
             wait_drained(rig.server, list(buckets.values()), rnd.label)
         assert_colds_hold(rig, {bucket: {k: v for k, v in state.items() if v is not None}
                                 for bucket, state in expected.items()}, rnd.label)
-        s3 = client(rig.server, retries={"max_attempts": 2, "mode": "standard"}, max_pool_connections=8)
+        s3 = first_answer_client(rig.server, retries={"max_attempts": 2, "mode": "standard"}, max_pool_connections=8)
         keys = [(bucket, key, data) for bucket, state in expected.items() for key, data in state.items()]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             for (bucket, key, data), got in zip(keys, pool.map(lambda k: read_state(s3, k[0], k[1]), keys)):

@@ -10,10 +10,8 @@ start-up error; ``atoll status --json`` works with and without a running server.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import re
 import secrets
 import signal
 import socket
@@ -25,7 +23,8 @@ import urllib.request
 import pytest
 
 from coldstores import MotoS3Server, fresh_name
-from harness import ATOLL, AtollProcess, free_port
+from harness import ATOLL, AdminAnswer, AtollProcess, metric, metrics_text, wait_until
+from harness import admin_request as api  # this module's name for it
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,43 +34,7 @@ SERVER_ENV = {"ATOLL_FILL_BLOCK_SIZE": str(64 << 10)}
 
 # --- helpers --------------------------------------------------------------------------------------------------
 
-class Answer:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    @property
-    def json(self):
-        assert self.headers.get("content-type") == "application/json", (self.status, self.headers, self.body)
-        return json.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        return self.body.decode()
-
-
-def api(server: AtollProcess, method: str, path: str, body=None, *, token: str | None = "",
-        raw: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
-    """One request to the admin port on a fresh connection; ``token=""`` means the server's own token."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.admin_port, timeout=30)
-    try:
-        sent = dict(headers or {})
-        if token == "":
-            token = server.admin_token
-        if token is not None:
-            sent["Authorization"] = f"Bearer {token}"
-        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        if payload is not None:
-            sent.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=payload, headers=sent)
-        response = conn.getresponse()
-        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
-    finally:
-        conn.close()
-
-
-def ok(answer: Answer, status: int = 200):
+def ok(answer: AdminAnswer, status: int = 200):
     assert answer.status == status, (answer.status, answer.body)
     return answer.json
 
@@ -80,38 +43,6 @@ def wide_cli(server: AtollProcess, *args: str) -> subprocess.CompletedProcess:
     """The CLI with a terminal wide enough for its tables not to fold names."""
     return subprocess.run([ATOLL, *args, "--data-dir", server.data_dir], env={**server.env(), "COLUMNS": "200"},
                           capture_output=True, text=True, timeout=60)
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample of the Prometheus text exposition (labels in any order), None if absent."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if match is None or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        if found == labels:
-            return float(match.group(3))
-    return None
-
-
-def metrics_text(server: AtollProcess) -> str:
-    answer = api(server, "GET", "/metrics")
-    assert answer.status == 200, answer.body
-    assert answer.headers["content-type"].startswith("text/plain"), answer.headers
-    return answer.text
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout}s")
-        time.sleep(0.1)
 
 
 def link_options(moto: MotoS3Server, secret: str, endpoint: str | None = None) -> dict[str, str]:

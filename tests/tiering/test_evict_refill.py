@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tierutil import (BLOCK, COLD_KINDS, ColdSite, client, emulator, link_buckets, meta_query, pattern, residency,
-                      start_server)
+                      serving)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,19 +27,13 @@ SETTINGS = {"warm_capacity": 1280 * KiB, "high_watermark": 0.9, "low_watermark":
 
 @pytest.fixture(params=COLD_KINDS)
 def site(request):
-    made = ColdSite(request.param, emulator(request, request.param), "refill")
-    yield made
-    made.close()
+    with ColdSite(request.param, emulator(request, request.param), "refill") as made:
+        yield made
 
 
 @pytest.fixture
 def server(tmp_path):
-    made = start_server(str(tmp_path), **SETTINGS)
-    yield made
-    code = made.stop()
-    log = made.log_text()
-    assert code == 0, f"atoll did not shut down cleanly ({code}):\n{log[-3000:]}"
-    assert "Traceback" not in log, log[-5000:]
+    yield from serving(str(tmp_path), **SETTINGS)
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tierutil import (BLOCK, COLD_KINDS, ColdSite, client, emulator, link_buckets, pattern, residency,
-                      resident_bytes, start_server)
+                      resident_bytes, serving)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,19 +37,13 @@ def kind(request):
 
 @pytest.fixture
 def site(request, kind):
-    made = ColdSite(kind, emulator(request, kind), "evict")
-    yield made
-    made.close()
+    with ColdSite(kind, emulator(request, kind), "evict") as made:
+        yield made
 
 
 @pytest.fixture
 def server(tmp_path):
-    made = start_server(str(tmp_path), **SETTINGS)
-    yield made
-    code = made.stop()
-    log = made.log_text()
-    assert code == 0, f"atoll did not shut down cleanly ({code}):\n{log[-3000:]}"
-    assert "Traceback" not in log, log[-5000:]
+    yield from serving(str(tmp_path), **SETTINGS)
 
 
 def get(s3, bucket: str, key: str) -> bytes:

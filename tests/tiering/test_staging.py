@@ -16,22 +16,14 @@ import time
 
 import pytest
 
-from harness import ATOLL
-from tierutil import COLD_KINDS, ColdSite, emulator, link_bucket, meta_query, residency, start_server
+from harness import ATOLL, wait_until
+from tierutil import (COLD_KINDS, ColdSite, emulator, link_bucket, meta_query, pattern, residency, serving,
+                      start_server)
 
 pytestmark = pytest.mark.timeout(180)
 
 KiB, MiB = 1 << 10, 1 << 20
 PIN_FOREVER = 253402300799.0
-
-
-def body_of(key: str, size: int) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{key}:{counter}".encode()).digest() * 32
-        counter += 1
-    return bytes(out[:size])
 
 
 def cli(server, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -45,16 +37,6 @@ def job_row(server, job_id: str) -> tuple[str, dict, str]:
     return rows[0][0], json.loads(rows[0][1]), rows[0][2]
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def stage_no_wait(server, bucket: str, *args: str) -> str:
     out = cli(server, "stage", bucket, *args, "--no-wait", "--json")
     assert out.returncode == 0, out.stderr
@@ -63,34 +45,27 @@ def stage_no_wait(server, bucket: str, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def tier_server(tmp_path_factory):
-    server = start_server(str(tmp_path_factory.mktemp("staging")), stage_concurrency=4)
-    yield server
-    code = server.stop()
-    log = server.log_text()
-    assert code == 0, f"atoll did not shut down cleanly ({code}):\n{log[-3000:]}"
-    assert "Traceback" not in log, log[-5000:]
+    yield from serving(str(tmp_path_factory.mktemp("staging")), stage_concurrency=4)
 
 
 @pytest.fixture(params=COLD_KINDS)
 def site(request):
-    site = ColdSite(request.param, emulator(request, request.param), "staging")
-    yield site
-    site.close()
+    with ColdSite(request.param, emulator(request, request.param), "staging") as site:
+        yield site
 
 
 @pytest.fixture
 def s3_site(request):
-    site = ColdSite("s3", emulator(request, "s3"), "staging")
-    yield site
-    site.close()
+    with ColdSite("s3", emulator(request, "s3"), "staging") as site:
+        yield site
 
 
 # --- a prefix staged, then read without the cold store -----------------------------------------------------------
 
 def test_stage_prefix_makes_every_object_resident_and_pinned(tier_server, site):
     cold = site.cold()
-    objects = {f"data/obj-{i:02d}": body_of(f"{cold.prefix}/{i}", 1 * KiB + 97 * i) for i in range(50)}
-    objects["data/big.bin"] = body_of(f"{cold.prefix}/big", 3 * MiB + 12345)
+    objects = {f"data/obj-{i:02d}": pattern(1 * KiB + 97 * i, f"{cold.prefix}/{i}") for i in range(50)}
+    objects["data/big.bin"] = pattern(3 * MiB + 12345, f"{cold.prefix}/big")
     for key, body in objects.items():
         cold.put(key, body, content_type="application/x-test" if key.endswith("07") else None)
     cold.put("other/outside.bin", b"not staged")
@@ -157,14 +132,14 @@ def test_stage_prefix_makes_every_object_resident_and_pinned(tier_server, site):
 
 def test_cancel_stops_the_transfers_and_the_runner_goes_on(tier_server, s3_site):
     cold = s3_site.cold()
-    objects = {f"slow/{i:02d}.bin": body_of(f"{cold.prefix}/slow{i}", 64 * KiB) for i in range(30)}
+    objects = {f"slow/{i:02d}.bin": pattern(64 * KiB, f"{cold.prefix}/slow{i}") for i in range(30)}
     for key, body in objects.items():
         cold.put(key, body)
     bucket = link_bucket(tier_server, cold)
     cold.proxy.bandwidth = 128 * KiB  # ~15 s for everything: time to cancel in the middle
 
     job_id = stage_no_wait(tier_server, bucket, "--prefix", "slow/")
-    wait_for(lambda: job_row(tier_server, job_id)[1].get("objects_done", 0) >= 2, 30, "two objects staged")
+    wait_until(lambda: job_row(tier_server, job_id)[1].get("objects_done", 0) >= 2, 30, "two objects staged")
     out = cli(tier_server, "jobs", "cancel", job_id)
     assert out.returncode == 0 and f"cancelled job {job_id}" in out.stdout, out.stdout + out.stderr
 
@@ -172,7 +147,7 @@ def test_cancel_stops_the_transfers_and_the_runner_goes_on(tier_server, s3_site)
         before = len(cold.proxy.requests("GET"))
         time.sleep(1.5)
         return len(cold.proxy.requests("GET")) == before
-    wait_for(settled, 15, "the cancelled job to stop fetching")
+    wait_until(settled, 15, "the cancelled job to stop fetching")
     state, progress, _ = job_row(tier_server, job_id)
     assert state == "cancelled"
     assert 2 <= progress["objects_done"] < 30
@@ -232,7 +207,7 @@ def test_pinned_staging_stops_at_capacity_and_pins_hold_against_eviction(tmp_pat
     server = start_server(str(tmp_path), warm_capacity=1 * MiB, stage_concurrency=4)
     try:
         cold = s3_site.cold()
-        objects = {f"big/{i}.bin": body_of(f"{cold.prefix}/big{i}", 256 * KiB) for i in range(6)}
+        objects = {f"big/{i}.bin": pattern(256 * KiB, f"{cold.prefix}/big{i}") for i in range(6)}
         for key, body in objects.items():
             cold.put(key, body)
         bucket = link_bucket(server, cold)
@@ -251,7 +226,7 @@ def test_pinned_staging_stops_at_capacity_and_pins_hold_against_eviction(tmp_pat
 
         out = cli(server, "pin", bucket, "--remove")
         assert out.returncode == 0 and "unpinned: 4 objects" in out.stdout, out.stdout + out.stderr
-        wait_for(lambda: sum(residency(server, bucket, k) == "resident" for k in objects) <= 3, 15,
+        wait_until(lambda: sum(residency(server, bucket, k) == "resident" for k in objects) <= 3, 15,
                  "unpinned objects to be evicted down to the low watermark")
     finally:
         code = server.stop()
@@ -265,7 +240,7 @@ def test_job_resumes_after_a_stop_and_after_a_kill(tmp_path, s3_site):
     server = start_server(str(tmp_path), stage_concurrency=2)
     try:
         cold = s3_site.cold()
-        objects = {f"ckpt/{i:02d}.bin": body_of(f"{cold.prefix}/ckpt{i}", 128 * KiB + i) for i in range(24)}
+        objects = {f"ckpt/{i:02d}.bin": pattern(128 * KiB + i, f"{cold.prefix}/ckpt{i}") for i in range(24)}
         for key, body in objects.items():
             cold.put(key, body)
         bucket = link_bucket(server, cold)
@@ -276,7 +251,7 @@ def test_job_resumes_after_a_stop_and_after_a_kill(tmp_path, s3_site):
 
         # A graceful stop hands the job back; the next start takes it up.
         job_id = stage_no_wait(server, bucket, "--prefix", "ckpt/")
-        wait_for(lambda: job_row(server, job_id)[1].get("objects_done", 0) >= 3, 30, "three objects staged")
+        wait_until(lambda: job_row(server, job_id)[1].get("objects_done", 0) >= 3, 30, "three objects staged")
         assert server.stop() == 0
         assert job_row(server, job_id)[0] == "queued"
         server.start()
@@ -284,7 +259,7 @@ def test_job_resumes_after_a_stop_and_after_a_kill(tmp_path, s3_site):
         def staged_again() -> bool:
             progress = job_row(server, job_id)[1]
             return progress["attempt"] == 2 and progress["objects_staged"] >= 3
-        wait_for(staged_again, 30, "three more staged")
+        wait_until(staged_again, 30, "three more staged")
 
         # A kill -9 leaves it running under a dead owner: the next start requeues it at once.
         server.kill()

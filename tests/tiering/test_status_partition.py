@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import ClientError
 
-from harness import ATOLL, AtollProcess
+from harness import ATOLL, AtollProcess, admin_status, metric, metrics_text, wait_until
 from tierutil import BLOCK, ColdSite, client, link_bucket, pattern
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,44 +35,11 @@ SERVER_ENV = {"ATOLL_FILL_BLOCK_SIZE": str(BLOCK), "ATOLL_COLD_FIRST_BYTE_TIMEOU
 
 # --- helpers --------------------------------------------------------------------------------------------------
 
-def admin_get(server: AtollProcess, path: str) -> bytes:
-    request = urllib.request.Request(server.admin_endpoint + path,
-                                     headers={"Authorization": f"Bearer {server.admin_token}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 200
-        return response.read()
-
-
-def api_status(server: AtollProcess) -> dict:
-    return json.loads(admin_get(server, "/api/v1/status"))
-
-
 def cli_status(server: AtollProcess, *args: str) -> subprocess.CompletedProcess:
     done = subprocess.run([ATOLL, "status", *args, "--data-dir", server.data_dir, "--admin", server.admin_endpoint],
                           env={**server.env(), "COLUMNS": "220"}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr + done.stdout
     return done
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """One sample of the Prometheus text exposition, None if absent."""
-    for line in text.splitlines():
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if match and match.group(1) == name and \
-                dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or "")) == labels:
-            return float(match.group(3))
-    return None
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout}s")
-        time.sleep(0.2)
 
 
 def endpoint_of(report: dict, bucket: str) -> dict:
@@ -93,9 +58,8 @@ def start(tmp_path, workers: int = 1) -> AtollProcess:
 
 @pytest.fixture
 def site(azurite):
-    made = ColdSite("azure", azurite, "status")
-    yield made
-    made.close()
+    with ColdSite("azure", azurite, "status") as made:
+        yield made
 
 
 # --- tests ----------------------------------------------------------------------------------------------------
@@ -116,7 +80,7 @@ def test_partition_shows_in_status_and_metrics_and_heals(tmp_path, site):
         for key, body in written.items():
             s3.put_object(Bucket=bucket, Key=key, Body=body)
         report = wait_until(lambda: (lambda r: r if bucket_of(r, bucket)["backlog"]["objects"] == 0 else None)(
-            api_status(server)), 20, "the first writes drained")
+            admin_status(server)), 20, "the first writes drained")
         endpoint = endpoint_of(report, bucket)
         assert endpoint["state"] == "healthy" and endpoint["contacted"] and endpoint["buckets"] == [bucket]
         assert endpoint["breaker"]["state"] == "closed" and endpoint["consecutive_failures"] == 0
@@ -134,7 +98,7 @@ def test_partition_shows_in_status_and_metrics_and_heals(tmp_path, site):
         during = {f"during/{i}": pattern(2000 + i, f"during{i}") for i in range(3)}
         for name, body in during.items():
             s3.put_object(Bucket=bucket, Key=name, Body=body)
-        wait_until(lambda: endpoint_of(api_status(server), bucket)["state"] == "partitioned", 20,
+        wait_until(lambda: endpoint_of(admin_status(server), bucket)["state"] == "partitioned", 20,
                    "the endpoint shows as partitioned")
 
         first = json.loads(cli_status(server, "--json").stdout)  # the CLI, as an operator runs it
@@ -152,7 +116,7 @@ def test_partition_shows_in_status_and_metrics_and_heals(tmp_path, site):
         later = {f"later/{i}": pattern(500 + i, f"later{i}") for i in range(2)}
         for name, body in later.items():
             s3.put_object(Bucket=bucket, Key=name, Body=body)
-        second = api_status(server)
+        second = admin_status(server)
         backlog = bucket_of(second, bucket)["backlog"]
         assert backlog["oldest_age_seconds"] >= first_backlog["oldest_age_seconds"] + 1.0, (first_backlog, backlog)
         again = bucket_of(json.loads(cli_status(server, "--json").stdout), bucket)["backlog"]
@@ -162,7 +126,7 @@ def test_partition_shows_in_status_and_metrics_and_heals(tmp_path, site):
         assert second["drain"]["backlog"]["objects"] == backlog["objects"]
         assert endpoint_of(second, bucket)["state"] == "partitioned"
 
-        text = admin_get(server, "/metrics").decode()
+        text = metrics_text(server)
         linked = bucket_of(second, bucket)
         assert metric(text, "atoll_cold_endpoint_state", endpoint=key) == 2
         assert metric(text, "atoll_cold_endpoint_consecutive_failures", endpoint=key) >= 3
@@ -192,7 +156,7 @@ def test_partition_shows_in_status_and_metrics_and_heals(tmp_path, site):
         # failures have aged out of the last 10 s.
         cold.proxy.heal()
         healed = wait_until(lambda: (lambda r: r if bucket_of(r, bucket)["backlog"]["objects"] == 0 and
-                                     endpoint_of(r, bucket)["state"] == "healthy" else None)(api_status(server)),
+                                     endpoint_of(r, bucket)["state"] == "healthy" else None)(admin_status(server)),
                             30, "the backlog drained and the endpoint is healthy")
         assert bucket_of(healed, bucket)["backlog"] == {"objects": 0, "bytes": 0, "oldest_age_seconds": 0.0}
         assert endpoint_of(healed, bucket)["breaker"] == {"state": "closed", "opened_at": None, "retry_after": 0.0,
@@ -200,7 +164,7 @@ def test_partition_shows_in_status_and_metrics_and_heals(tmp_path, site):
         assert endpoint_of(healed, bucket)["breaker"]["opens"] >= 1
         for name, body in {**written, **during, **later}.items():
             assert cold.get(name) == body, name
-        text = admin_get(server, "/metrics").decode()
+        text = metrics_text(server)
         assert metric(text, "atoll_cold_endpoint_state", endpoint=key) == 0
         assert metric(text, "atoll_drain_recovery_point_seconds", bucket=bucket) == 0
         assert metric(text, "atoll_drain_backlog_objects", bucket=bucket) == 0
@@ -227,13 +191,13 @@ def test_two_workers_status_merges_both_views(tmp_path, site):
         forwarded = len(cold.proxy.requests())  # a HEAD and one block GET per key, by whichever worker
 
         def merged() -> dict | None:
-            view = endpoint_of(api_status(server), bucket)
+            view = endpoint_of(admin_status(server), bucket)
             return view if view["workers"] == 2 and view["traffic"]["demand"]["requests"] == forwarded else None
 
         view = wait_until(merged, 10, "both workers' requests are summed")
         assert view["state"] == "healthy" and view["traffic"]["demand"]["bytes_in"] == 1000 * len(keys)
         assert view["last_minute"]["requests"] == forwarded and view["last_minute"]["error_rate"] == 0
-        assert bucket_of(api_status(server), bucket)["misses"] == len(keys)
+        assert bucket_of(admin_status(server), bucket)["misses"] == len(keys)
         files = os.listdir(health)
         assert len([f for f in files if f.endswith(".json")]) == 1, files  # the primary publishes nothing
 
@@ -249,9 +213,9 @@ def test_two_workers_status_merges_both_views(tmp_path, site):
 
         with ThreadPoolExecutor(12) as pool:
             assert set(pool.map(miss, [f"gone/{i}" for i in range(12)])) == {503}
-        wait_until(lambda: endpoint_of(api_status(server), bucket)["state"] == "partitioned", 10,
+        wait_until(lambda: endpoint_of(admin_status(server), bucket)["state"] == "partitioned", 10,
                    "the merged view shows the partition")
-        assert metric(admin_get(server, "/metrics").decode(), "atoll_cold_endpoint_state",
+        assert metric(metrics_text(server), "atoll_cold_endpoint_state",
                       endpoint=view["endpoint"]) == 2
         cold.proxy.heal()
 
@@ -262,18 +226,18 @@ def test_two_workers_status_merges_both_views(tmp_path, site):
         assert str(published) in children, (published, children)
 
         def settled() -> tuple[int, int] | None:
-            total = endpoint_of(api_status(server), bucket)["traffic"]["demand"]["requests"]
+            total = endpoint_of(admin_status(server), bucket)["traffic"]["demand"]["requests"]
             with open(os.path.join(health, f"{published}.json"), encoding="utf-8") as f:
                 [peer] = json.load(f)["endpoints"]
             time.sleep(1.2)  # one publishing period: nothing changed meanwhile
-            again = endpoint_of(api_status(server), bucket)["traffic"]["demand"]["requests"]
+            again = endpoint_of(admin_status(server), bucket)["traffic"]["demand"]["requests"]
             return (total, peer["traffic"]["demand"]["requests"]) if again == total else None
 
         total, peer_requests = wait_until(settled, 20, "the counters settled")
         assert 0 < peer_requests < total
         os.kill(published, signal.SIGKILL)
         after = wait_until(lambda: (lambda v: v if v["workers"] == 1 else None)(
-            endpoint_of(api_status(server), bucket)), 20, "the killed worker's view left the merge")
+            endpoint_of(admin_status(server), bucket)), 20, "the killed worker's view left the merge")
         assert after["traffic"]["demand"]["requests"] == total - peer_requests
         assert not os.path.exists(os.path.join(health, f"{published}.json"))
     finally:

@@ -10,12 +10,12 @@ commit): its variant checks that no uncommitted block is left once the redone up
 
 from __future__ import annotations
 
-import time
+import contextlib
 
 import pytest
 
-from harness import AtollProcess
-from tierutil import ColdSite, client, emulator, link_bucket, meta_query, pattern
+from harness import AtollProcess, meta_query, wait_until
+from tierutil import ColdSite, client, emulator, link_bucket, pattern
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,9 +27,8 @@ ENV = {"ATOLL_COLD_FIRST_BYTE_TIMEOUT": "1", "ATOLL_COLD_CONNECT_TIMEOUT": "1", 
 
 @pytest.fixture(params=["s3", "azure"])
 def site(request):
-    made = ColdSite(request.param, emulator(request, request.param), hint="leftover")
-    yield made
-    made.close()
+    with ColdSite(request.param, emulator(request, request.param), hint="leftover") as made:
+        yield made
 
 
 def unfinished(cold) -> list[str]:
@@ -37,10 +36,9 @@ def unfinished(cold) -> list[str]:
     if cold.kind == "s3":
         listed = cold.direct().list_multipart_uploads(Bucket=cold.container, Prefix=cold.prefix + "/")
         return [u["Key"] for u in listed.get("Uploads", [])]
-    container = cold.direct().get_container_client(cold.container)
     leftover = []
     for name in ("big.bin",):
-        blob = container.get_blob_client(f"{cold.prefix}/{name}")
+        blob = cold.container_client().get_blob_client(f"{cold.prefix}/{name}")
         try:
             _, uncommitted = blob.get_block_list("uncommitted")
         except Exception:  # noqa: BLE001 - no blob at all: Azurite answers 404 for a blob with no blocks
@@ -49,67 +47,56 @@ def unfinished(cold) -> list[str]:
     return leftover
 
 
-def recorded(cold) -> list[tuple[str]]:
-    """The upload records expected while an upload is cut: S3 only (Azure leaves nothing billable)."""
-    return [("big.bin",)] if cold.kind == "s3" else []
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
-
-
 def drained(server: AtollProcess, bucket: str) -> bool:
     return not meta_query(server, "SELECT 1 FROM drain WHERE bucket = ?", (bucket,))
 
 
-def test_an_upload_cut_by_a_partition_is_aborted_and_redone(site, tmp_path):
+@contextlib.contextmanager
+def uploading(site, tmp_path, seed: str):
+    """(server, cold, bucket, body): a write-back server whose drain is a third of the way through uploading
+    big.bin (a multipart upload, slowed down) to a fresh cold prefix. The server is stopped at the end."""
     cold = site.cold()
     server = AtollProcess(data_dir=str(tmp_path / "data"), extra_env=ENV).start()
     try:
         bucket = link_bucket(server, cold, mode="writeback")
-        body = pattern(SIZE, "cut")
+        body = pattern(SIZE, seed)
         cold.proxy.bandwidth = 2 * MiB  # ten seconds of upload: time to cut it half-way
         client(server).put_object(Bucket=bucket, Key="big.bin", Body=body)
-        wait_until(lambda: cold.proxy.bytes_up > 6 * MiB, 30, "the drain did not start uploading")
+        wait_until(lambda: cold.proxy.bytes_up > 6 * MiB, 30, "the drain to start uploading")
+        yield server, cold, bucket, body
+    finally:
+        server.stop()
+
+
+def assert_cut_upload_left(server: AtollProcess, cold) -> None:
+    """What a cut upload leaves: its record (S3 only: Azure leaves nothing billable) and, on S3, billed parts."""
+    assert meta_query(server, "SELECT key FROM cold_uploads") == ([("big.bin",)] if cold.kind == "s3" else [])
+    if cold.kind == "s3":
+        assert unfinished(cold) == [f"{cold.prefix}/big.bin"]
+
+
+def assert_redone_and_settled(server: AtollProcess, cold, bucket: str, body: bytes, after: str) -> None:
+    wait_until(lambda: drained(server, bucket), 60, f"the drain to finish after the {after}")
+    assert cold.get("big.bin") == body
+    wait_until(lambda: not meta_query(server, "SELECT key FROM cold_uploads"), 40, "the upload record to settle")
+    assert unfinished(cold) == []
+
+
+def test_an_upload_cut_by_a_partition_is_aborted_and_redone(site, tmp_path):
+    with uploading(site, tmp_path, "cut") as (server, cold, bucket, body):
         cold.proxy.blackhole()
         # The watchdog cuts the frozen upload once the probes find the link down; the record stays.
         wait_until(lambda: meta_query(server, "SELECT last_error FROM drain WHERE bucket = ? AND attempts > 0",
-                                      (bucket,)), 30, "the cut upload was not noticed")
-        assert meta_query(server, "SELECT key FROM cold_uploads") == recorded(cold)
-        if cold.kind == "s3":
-            assert unfinished(cold) == [f"{cold.prefix}/big.bin"]  # what a cut upload leaves: billed parts
+                                      (bucket,)), 30, "the cut upload to be noticed")
+        assert_cut_upload_left(server, cold)
         cold.proxy.heal()
-        wait_until(lambda: drained(server, bucket), 60, "the drain did not finish after the heal")
-        assert cold.get("big.bin") == body
-        wait_until(lambda: not meta_query(server, "SELECT key FROM cold_uploads"), 40,
-                   "the upload record was not settled")
-        assert unfinished(cold) == []
-    finally:
-        server.stop()
+        assert_redone_and_settled(server, cold, bucket, body, "heal")
 
 
 def test_an_upload_cut_by_a_crash_is_aborted_after_the_restart(site, tmp_path):
-    cold = site.cold()
-    server = AtollProcess(data_dir=str(tmp_path / "data"), extra_env=ENV).start()
-    try:
-        bucket = link_bucket(server, cold, mode="writeback")
-        body = pattern(SIZE, "crash")
-        cold.proxy.bandwidth = 2 * MiB
-        client(server).put_object(Bucket=bucket, Key="big.bin", Body=body)
-        wait_until(lambda: cold.proxy.bytes_up > 6 * MiB, 30, "the drain did not start uploading")
+    with uploading(site, tmp_path, "crash") as (server, cold, bucket, body):
         server.kill()
-        assert meta_query(server, "SELECT key FROM cold_uploads") == recorded(cold)
-        if cold.kind == "s3":
-            assert unfinished(cold) == [f"{cold.prefix}/big.bin"]
+        assert_cut_upload_left(server, cold)
         cold.proxy.heal()
         server.start()
-        wait_until(lambda: drained(server, bucket), 60, "the drain did not finish after the restart")
-        assert cold.get("big.bin") == body
-        wait_until(lambda: not meta_query(server, "SELECT key FROM cold_uploads"), 40,
-                   "the upload record was not settled")
-        assert unfinished(cold) == []
-    finally:
-        server.stop()
+        assert_redone_and_settled(server, cold, bucket, body, "restart")

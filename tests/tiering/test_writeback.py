@@ -18,17 +18,15 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
 
 from atoll.core.tiering.upload import PART_SIZE
-from harness import AtollProcess
-from coldstores import AzuriteServer, FaultProxy, MotoS3Server
+from coldside import COLD_KINDS, Cold, emulator
+from harness import AtollProcess, meta_query
 
 pytestmark = pytest.mark.timeout(120)
 
-COLD_KINDS = ["s3", "azure"]
 KiB = 1 << 10
 MiB = 1 << 20
 PART = 256 * KiB  # the server's minimum part size here (ATOLL_MIN_PART_SIZE), so multipart stays small
@@ -41,13 +39,18 @@ SERVER_ENV = {"ATOLL_MIN_PART_SIZE": str(PART), "ATOLL_DRAIN_CONCURRENCY": str(D
 
 # --- the server, links and the drain switch ------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One write-back server for the module; each test links fresh buckets to fresh cold containers."""
-    proc = AtollProcess(data_dir=str(tmp_path_factory.mktemp("wb") / "data"), extra_env=SERVER_ENV).start()
+def module_server(tmp_path_factory, name: str, env: dict[str, str]):
+    """A module's server, for its fixture to ``yield from``: killed at the end, with no traceback in its log."""
+    proc = AtollProcess(data_dir=str(tmp_path_factory.mktemp(name) / "data"), extra_env=env).start()
     yield proc
     proc.kill()
     assert "Traceback" not in proc.log_text(), proc.log_text()[-5000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One write-back server for the module; each test links fresh buckets to fresh cold containers."""
+    yield from module_server(tmp_path_factory, "wb", SERVER_ENV)
 
 
 @pytest.fixture(params=COLD_KINDS)
@@ -109,100 +112,11 @@ def wait_drained(server: AtollProcess, bucket: str, timeout: float = 40.0) -> No
 PREFIX = "tier/data"  # links point below the top of the container, so key mapping under a prefix is exercised
 
 
-@dataclass
-class Cold:
-    """A fresh container/bucket on one of the session's emulators, behind its own counting proxy. The test reads
-    and lists it *directly* (``client``), so the proxy counts only what Atoll sends."""
-
-    kind: str  # "s3" | "azure"
-    server: MotoS3Server | AzuriteServer
-    container: str
-    proxy: FaultProxy
-    client: object = None  # boto3 S3 client, or an Azure ContainerClient
-
-    @property
-    def url(self) -> str:
-        return f"{'s3' if self.kind == 's3' else 'az'}://{self.container}/{PREFIX}"
-
-    def link_options(self, **override: str) -> list[str]:
-        if self.kind == "s3":
-            pairs = {"endpoint": self.proxy.endpoint(), "access_key_id": self.server.access_key,
-                     "secret_access_key": self.server.secret_key, "region": self.server.region}
-        else:
-            pairs = {"account_name": self.server.account_name, "account_key": self.server.account_key,
-                     "endpoint": self.proxy.endpoint(f"/{self.server.account_name}")}
-        pairs.update(override)
-        return [arg for name, value in pairs.items() for arg in ("-o", f"{name}={value}")]
-
-    def path(self, key: str) -> str:
-        """The request path of ``key`` as the proxy records it (without a query string)."""
-        account = f"/{self.server.account_name}" if self.kind == "azure" else ""
-        return f"{account}/{self.container}/{PREFIX}/{key}"
-
-    def keys(self) -> dict[str, int]:
-        """Every key under the link's prefix (relative to it) -> size."""
-        start = f"{PREFIX}/"
-        if self.kind == "s3":
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.container, Prefix=start)
-            return {o["Key"][len(start):]: o["Size"] for page in pages for o in page.get("Contents", [])}
-        return {b.name[len(start):]: b.size for b in self.client.list_blobs(name_starts_with=start)}
-
-    def all_names(self) -> set[str]:
-        """Every name in the container, under the prefix or not: nothing may land outside the link's prefix."""
-        if self.kind == "s3":
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.container)
-            return {o["Key"] for page in pages for o in page.get("Contents", [])}
-        return {b.name for b in self.client.list_blobs()}
-
-    def get(self, key: str) -> bytes | None:
-        found = self.get_object(key)
-        return None if found is None else found[0]
-
-    def get_object(self, key: str) -> tuple[bytes, dict[str, str], dict[str, str]] | None:
-        """(bytes, stored headers by lower-case name, user metadata), or None if there is no such object."""
-        name = f"{PREFIX}/{key}"
-        if self.kind == "s3":
-            try:
-                got = self.client.get_object(Bucket=self.container, Key=name)
-            except self.client.exceptions.NoSuchKey:
-                return None
-            headers = {"content-type": got.get("ContentType"), "content-disposition": got.get("ContentDisposition"),
-                       "cache-control": got.get("CacheControl")}
-            return got["Body"].read(), {k: v for k, v in headers.items() if v}, got["Metadata"]
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            downloader = self.client.get_blob_client(name).download_blob()
-        except ResourceNotFoundError:
-            return None
-        settings = downloader.properties.content_settings
-        headers = {"content-type": settings.content_type, "content-disposition": settings.content_disposition,
-                   "cache-control": settings.cache_control}
-        return downloader.readall(), {k: v for k, v in headers.items() if v}, dict(downloader.properties.metadata)
-
-    def put(self, key: str, data: bytes) -> None:
-        name = f"{PREFIX}/{key}"
-        if self.kind == "s3":
-            self.client.put_object(Bucket=self.container, Key=name, Body=data)
-        else:
-            self.client.get_blob_client(name).upload_blob(data, overwrite=True)
-
-
 def make_cold(kind: str, request) -> Cold:
-    server = request.getfixturevalue("moto_s3" if kind == "s3" else "azurite")
+    """A fresh container/bucket on one of the session's emulators, behind its own counting proxy."""
+    server = emulator(request, kind)
     container = request.getfixturevalue("s3_cold_bucket" if kind == "s3" else "azure_container")
-    proxy = request.getfixturevalue("cold_proxy")(server)
-    client = server.client() if kind == "s3" else server.service_client().get_container_client(container)
-    return Cold(kind, server, container, proxy, client)
-
-
-def meta_query(server: AtollProcess, sql: str, params: tuple = ()) -> list[tuple]:
-    """A read-only look at a running server's metadata."""
-    conn = sqlite3.connect(f"file:{os.path.join(server.data_dir, 'meta.sqlite3')}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    return Cold(kind, server, container, request.getfixturevalue("cold_proxy")(server), PREFIX)
 
 
 def uploads(cold: Cold, key: str) -> int:
@@ -313,7 +227,7 @@ def test_writes_made_while_paused_reach_the_cold_store(server, cold, paused):
     wait_drained(server, bucket)
 
     assert backlog(server, bucket) == (0, 0)
-    assert cold.all_names() == {f"{PREFIX}/{k}" for k in expected}  # under the prefix, and nothing else
+    assert set(cold.names()) == {f"{PREFIX}/{k}" for k in expected}  # under the prefix, and nothing else
     for key, (data, headers, meta) in expected.items():
         got_data, got_headers, got_meta = cold.get_object(key)
         assert hashlib.sha256(got_data).hexdigest() == hashlib.sha256(data).hexdigest(), key
@@ -555,7 +469,7 @@ def test_kill_during_drain_loses_nothing_and_leaves_no_stray_key(tmp_path, cold,
         server.start()
         wait_drained(server, bucket, timeout=60)
 
-        assert cold.all_names() == {f"{PREFIX}/{k}" for k in expected}
+        assert set(cold.names()) == {f"{PREFIX}/{k}" for k in expected}
         for key, data in expected.items():
             got = cold.get(key)
             assert got is not None and hashlib.md5(got).digest() == hashlib.md5(data).digest(), key

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from coldstores import MotoS3Server, fresh_name
 from harness import AtollProcess, free_port
-from test_writeback import COLD_KINDS, PART, PREFIX, SERVER_ENV, Cold, make_cold, meta_query, uploads
+from test_writeback import COLD_KINDS, PART, PREFIX, SERVER_ENV, Cold, make_cold, meta_query, module_server, uploads
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,11 +31,7 @@ KiB = 1 << 10
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # Debug logging: whatever the cold-store layer logs about failures must still carry no secret.
-    env = {**SERVER_ENV, "ATOLL_LOG_LEVEL": "debug"}
-    proc = AtollProcess(data_dir=str(tmp_path_factory.mktemp("wt") / "data"), extra_env=env).start()
-    yield proc
-    proc.kill()
-    assert "Traceback" not in proc.log_text(), proc.log_text()[-5000:]
+    yield from module_server(tmp_path_factory, "wt", {**SERVER_ENV, "ATOLL_LOG_LEVEL": "debug"})
 
 
 @pytest.fixture(params=COLD_KINDS)
@@ -148,7 +144,7 @@ def test_writes_are_in_the_cold_store_when_acknowledged(server, cold):
     assert cold.get("put/obj") is None
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "copy/obj"}, {"Key": "multi/obj"}]})
     assert cold.keys() == {}
-    assert cold.all_names() == set()
+    assert set(cold.names()) == set()
 
     # Nothing was journaled: there is nothing left for a drain to do.
     assert journal_size(server, bucket) == 0

@@ -122,15 +122,16 @@ def test_slow_link_background_work_finishes_and_a_miss_goes_first(server, cold_s
     urls = {key: s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}) for key in misses}
 
     drained = {f"drain/obj-{i}": os.urandom(OBJECT_SIZE) for i in range(DRAIN_OBJECTS)}
-    admin_call(server, "POST", "drain/pause")
+    admin_call(server, "POST", "/api/v1/drain/pause")
     try:
         for key, body in drained.items():
             s3.put_object(Bucket=bucket, Key=key, Body=body)
         with SlowLink(cold.proxy) as slow:
             idle = timed_get(urls["miss/idle"])
             started = time.monotonic()
-            job_id = admin_call(server, "POST", "jobs", {"kind": "stage", "bucket": bucket, "prefix": "stage/"})["id"]
-            admin_call(server, "POST", "drain/resume")
+            job_id = admin_call(server, "POST", "/api/v1/jobs",
+                                {"kind": "stage", "bucket": bucket, "prefix": "stage/"})["id"]
+            admin_call(server, "POST", "/api/v1/drain/resume")
             # Both directions busy: staging brings bytes in, the drain sends them out.
             wait_until(lambda: cold.proxy.bytes_down > 1 * MiB and cold.proxy.bytes_up > 1 * MiB, 30,
                        "staging and the drain to move bytes")
@@ -148,7 +149,7 @@ def test_slow_link_background_work_finishes_and_a_miss_goes_first(server, cold_s
             drain_seconds = wait_drained(server, bucket, DRAIN_OBJECTS * OBJECT_SIZE / BANDWIDTH * 3 + 20) - started
             stalls = slow.stalls
     finally:
-        admin_call(server, "POST", "drain/resume")
+        admin_call(server, "POST", "/api/v1/drain/resume")
 
     fair_extra = STAGE_STREAMS * MISS_SIZE / BANDWIDTH
     summary = (f"{kind}: 1 MiB miss {idle.seconds:.2f} s on the idle link, {busy.seconds:.2f} s during staging "

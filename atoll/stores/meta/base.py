@@ -16,10 +16,15 @@ executable form of this contract; every implementation runs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 
-from atoll.core.models import (Bucket, CheckpointGroup, DrainEntry, Identity, Job, Link, ListEntry, ObjectVersion,
-                               Part, Upload)
+from atoll.core.leases import Lease
+from atoll.core.models import BucketProperties
+from atoll.core.models import (Block, Bucket, CheckpointGroup, CopyState, DrainEntry, Identity, Job, Link, ListEntry,
+                               ObjectVersion, Part, Upload)
+
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,6 +34,10 @@ class WriteCondition:
 
     if_match: str | None = None
     if_none_match: bool = False
+    # The key's lease (atoll/core/leases.py) must admit a write naming ``lease_id`` (None: naming none), checked
+    # in the same transaction, so a lease taken while a body streams in still stops the write.
+    guard_lease: bool = False
+    lease_id: str | None = None
 
 
 class MetaStore(Protocol):
@@ -41,6 +50,9 @@ class MetaStore(Protocol):
         """Insert or replace the identity with this access key."""
 
     async def get_identity(self, access_key: str) -> Identity | None: ...
+
+    async def get_identity_by_account(self, account_name: str) -> Identity | None:
+        """The identity whose Azure account is ``account_name`` (account names are unique; "" finds none)."""
 
     async def list_identities(self) -> list[Identity]: ...
 
@@ -56,7 +68,14 @@ class MetaStore(Protocol):
         """Buckets in name order, all of them when owner_id is None."""
 
     async def delete_bucket(self, name: str) -> None:
-        """Raises NoSuchBucket, or BucketNotEmpty while it has objects. Uploads in progress are aborted."""
+        """Raises NoSuchBucket, or BucketNotEmpty while it has objects. Uploads in progress are aborted; the
+        bucket's properties go with it."""
+
+    async def get_bucket_properties(self, name: str) -> BucketProperties | None:
+        """None when none were ever set (a private bucket without metadata)."""
+
+    async def put_bucket_properties(self, props: BucketProperties) -> None:
+        """Insert or replace; raises NoSuchBucket."""
 
     # objects
     async def get_object(self, bucket: str, key: str) -> ObjectVersion | None: ...
@@ -115,6 +134,29 @@ class MetaStore(Protocol):
 
     async def abort_upload(self, upload_id: str) -> None:
         """Remove the upload, its parts' blobs become garbage. Raises NoSuchUpload."""
+
+    # uncommitted blocks (Azure Put Block; tests/contract/test_metastore_blocks.py)
+    async def put_block(self, block: Block, max_blocks: int) -> Block | None:
+        """Record an uncommitted block of a blob name, replacing one with the same id (whose blob becomes
+        garbage); return the replaced block. Raises NoSuchBucket; InvalidRequest (code InvalidBlobOrBlock) when
+        the id's length differs from the blob's other uncommitted blocks; Conflict (code BlockCountExceedsLimit)
+        when the blob already has ``max_blocks`` of them."""
+
+    async def list_blocks(self, bucket: str, key: str) -> list[Block]:
+        """The uncommitted blocks of a blob name, oldest first."""
+
+    async def commit_blocks(self, version: ObjectVersion, base_version_id: str | None,
+                            staged: Sequence[tuple[str, str]], condition: WriteCondition | None = None,
+                            journal: bool = False) -> ObjectVersion | None:
+        """Atomically (Put Block List): the uncommitted blocks ``staged`` (block id, blob id) must still be there
+        with those blobs, and when ``version`` reuses committed blocks the current version must still be
+        ``base_version_id`` (else ConditionalRequestConflict); ``version`` becomes current as in put_object, the
+        replaced version's blobs become garbage except those ``version`` still uses, and every uncommitted block
+        of the name goes (the unused ones' blobs become garbage). Returns the replaced version."""
+
+    async def expire_blocks(self, older_than: float, limit: int) -> int:
+        """Drop up to ``limit`` uncommitted blocks staged before ``older_than`` (their blobs become garbage);
+        returns how many went."""
 
     # garbage collection
     async def take_garbage(self, older_than: float, limit: int) -> list[str]:
@@ -297,3 +339,35 @@ class MetaStore(Protocol):
 
     async def forget_fill(self, version_id: str) -> bool:
         """Remove a stale block map; False, changing nothing, while its version is a current partial row."""
+
+    # copies: the state of Copy Blob operations (tests/contract/test_metastore_copies.py) ------------------------
+    async def put_copy(self, state: CopyState) -> None:
+        """Insert or replace the copy state of ``state.bucket``/``state.key``."""
+
+    async def get_copy(self, bucket: str, key: str) -> CopyState | None: ...
+
+    async def update_copy(self, bucket: str, key: str, copy_id: str, *, status: str | None = None,
+                          copied: int | None = None, total: int | None = None, completed: float | None = None,
+                          description: str | None = None, version_id: str | None = None,
+                          heartbeat: float | None = None) -> bool:
+        """Change the given fields of the copy ``copy_id`` while it is still the key's copy and pending; False,
+        changing nothing, otherwise (another copy replaced it, it was aborted or it finished)."""
+
+    async def fail_pending_copies(self, description: str, completed: float) -> int:
+        """At start-up, before any worker runs: every pending copy died with the process that ran it."""
+
+    # leases (atoll/core/leases.py; tests/contract/test_metastore_leases.py) ------------------------------------
+    # One row per leased object, or per leased bucket under the key ''. Deleting an object (or a bucket) removes
+    # its lease in the same transaction; overwriting it keeps the lease.
+    async def get_lease(self, bucket: str, key: str) -> Lease | None:
+        """The stored lease, whatever its effective state (expiry is derived by the reader from its deadlines)."""
+
+    async def list_leases(self, bucket: str, first: str, last: str) -> dict[str, Lease]:
+        """Leases of the bucket's objects with first <= key <= last (for a listing page), by key."""
+
+    async def apply_lease(self, bucket: str, key: str, change: Callable[[Lease | None], tuple[Lease | None, T]]
+                          ) -> T:
+        """One transaction: ``change(current)`` returns (lease to store or None to remove it, result); returns the
+        result. Raises NoSuchBucket, or NoSuchKey when ``key`` is not '' and the object does not exist; whatever
+        ``change`` raises leaves the lease as it was. A lease row whose object row went another way than a delete
+        (tiering drops rows the cold store lost) is stale: writes ignore it and a guarded put removes it."""

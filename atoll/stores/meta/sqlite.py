@@ -25,8 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from atoll import errors
-from atoll.core.models import (RESIDENCY_CODES, RESIDENCY_NAMES, Bucket, CheckpointGroup, DrainEntry, Extent,
+from atoll.core.models import (RESIDENCY_CODES, RESIDENCY_NAMES, Block, Bucket, CheckpointGroup, DrainEntry, Extent,
                                Identity, Job, Link, ListEntry, ObjectVersion, Part, Upload)
+from atoll.core.models import CopyState
+from atoll.core.leases import Lease, check_write
+from atoll.core.models import BucketProperties
 from atoll.stores.meta.base import WriteCondition
 
 SCHEMA_VERSION = 2
@@ -92,6 +95,32 @@ CREATE TABLE IF NOT EXISTS jobs (
 ) WITHOUT ROWID;
 """
 
+# Copy Blob state (no schema version: a new table, created on any file that lacks it).
+_SCHEMA_COPIES = """
+CREATE TABLE IF NOT EXISTS copies (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, copy_id TEXT NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL,
+    started REAL NOT NULL, copied INTEGER NOT NULL, total INTEGER NOT NULL, completed REAL NOT NULL,
+    description TEXT NOT NULL, version_id TEXT NOT NULL, heartbeat REAL NOT NULL, PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+"""
+
+# Uncommitted Azure blocks (Put Block), by blob name. Applied at every open (new tables only: no version bump).
+_SCHEMA_BLOCKS = """
+CREATE TABLE IF NOT EXISTS blocks (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, block_id TEXT NOT NULL, blob_id TEXT NOT NULL, size INTEGER NOT NULL,
+    md5 TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (bucket, key, block_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_created ON blocks (created);
+"""
+
+# Leases (atoll/core/leases.py) of objects and of buckets (key ''). A new table: created on any file that lacks it.
+_SCHEMA_LEASES = """
+CREATE TABLE IF NOT EXISTS leases (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL, lease_id TEXT NOT NULL, duration INTEGER NOT NULL,
+    expires_at REAL NOT NULL, break_at REAL NOT NULL, PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+"""
+
 _V1_TO_V2 = (
     "ALTER TABLE objects ADD COLUMN residency INTEGER NOT NULL DEFAULT 2",
     "ALTER TABLE objects ADD COLUMN warm_seq INTEGER NOT NULL DEFAULT 0",
@@ -106,6 +135,30 @@ _BATCH_MAX = 512
 _VERSION_CACHE_ENTRIES = 65536
 _TOKEN_FILE_SIZE = 4096
 _MISS = object()
+_LEASE_COLUMNS = "state, lease_id, duration, expires_at, break_at"
+
+
+_IDENTITY_COLUMNS = ("access_key, secret_key, owner_id, display_name, created, is_root, account_name, "
+                     "account_key")
+_SCHEMA_BLOB = """
+CREATE UNIQUE INDEX IF NOT EXISTS identities_by_account ON identities (account_name) WHERE account_name != '';
+CREATE TABLE IF NOT EXISTS bucket_properties (
+    bucket TEXT PRIMARY KEY, public_access TEXT NOT NULL, metadata TEXT NOT NULL, access_policies TEXT NOT NULL,
+    modified REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _add_account_columns(conn: sqlite3.Connection) -> None:
+    """Identities made before the Blob endpoint have no account: give the table its columns, empty."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(identities)")}
+    for column in ("account_name", "account_key"):
+        if column not in present:
+            conn.execute(f"ALTER TABLE identities ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+
+
+def _row_to_identity(row: Sequence[Any]) -> Identity:
+    return Identity(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7])
 
 
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -129,6 +182,7 @@ def _row_to_version(row: Sequence[Any]) -> ObjectVersion:
         headers=attrs.get("h", {}), user_meta=attrs.get("m", {}), checksums=attrs.get("c", {}),
         residency=RESIDENCY_NAMES[row[11]], warm_seq=row[12], pinned_until=row[13],
         cold_etag=cold[0] if cold else "", cold_mtime=cold[1] if cold else 0.0,
+        blocks=[(b, n, m) for b, n, m in attrs.get("b", ())],
     )
 
 
@@ -136,6 +190,8 @@ def _attrs_json(v: ObjectVersion) -> str:
     attrs: dict[str, Any] = {"h": v.headers, "m": v.user_meta, "c": v.checksums}
     if v.cold_etag:
         attrs["k"] = [v.cold_etag, v.cold_mtime]
+    if v.blocks:
+        attrs["b"] = v.blocks
     return json.dumps(attrs, separators=(",", ":"))
 
 
@@ -374,6 +430,11 @@ class SqliteMetaStore:
         elif row[0] < SCHEMA_VERSION:
             _upgrade(conn, row[0])
         conn.executescript(_SCHEMA_TIERING)
+        conn.executescript(_SCHEMA_LEASES)
+        conn.executescript(_SCHEMA_BLOCKS)
+        _add_account_columns(conn)
+        conn.executescript(_SCHEMA_BLOB)
+        conn.executescript(_SCHEMA_COPIES)
         conn.execute("INSERT INTO counters VALUES ('resident_bytes', 0) ON CONFLICT (name) DO NOTHING")
         conn.close()
         self._reader = _connect(self.path, readonly=True)
@@ -419,18 +480,30 @@ class SqliteMetaStore:
     async def put_identity(self, identity: Identity) -> None:
         def op(conn):
             conn.execute("DELETE FROM identities WHERE access_key = ?", (identity.access_key,))
-            conn.execute("INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?)",
+            if identity.account_name and conn.execute(
+                    "SELECT 1 FROM identities WHERE account_name = ?", (identity.account_name,)).fetchone():
+                raise errors.InvalidArgument(f"Account name {identity.account_name} is taken.")
+            conn.execute(f"INSERT INTO identities ({_IDENTITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (identity.access_key, identity.secret_key, identity.owner_id, identity.display_name,
-                          identity.created, int(identity.is_root)))
+                          identity.created, int(identity.is_root), identity.account_name, identity.account_key))
         await self._write(op)
 
     async def get_identity(self, access_key: str) -> Identity | None:
-        row = self._reader.execute("SELECT * FROM identities WHERE access_key = ?", (access_key,)).fetchone()
-        return Identity(row[0], row[1], row[2], row[3], row[4], bool(row[5])) if row else None
+        row = self._reader.execute(f"SELECT {_IDENTITY_COLUMNS} FROM identities WHERE access_key = ?",
+                                   (access_key,)).fetchone()
+        return _row_to_identity(row) if row else None
+
+    async def get_identity_by_account(self, account_name: str) -> Identity | None:
+        if not account_name:
+            return None
+        row = self._reader.execute(f"SELECT {_IDENTITY_COLUMNS} FROM identities WHERE account_name = ?",
+                                   (account_name,)).fetchone()
+        return _row_to_identity(row) if row else None
 
     async def list_identities(self) -> list[Identity]:
-        rows = self._reader.execute("SELECT * FROM identities ORDER BY created, access_key").fetchall()
-        return [Identity(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+        rows = self._reader.execute(f"SELECT {_IDENTITY_COLUMNS} FROM identities ORDER BY created, access_key"
+                                    ).fetchall()
+        return [_row_to_identity(r) for r in rows]
 
     async def delete_identity(self, access_key: str) -> bool:
         def op(conn):
@@ -472,10 +545,29 @@ class SqliteMetaStore:
                                             bucket=name)
             conn.execute("DELETE FROM links WHERE bucket = ?", (name,))
             conn.execute("DELETE FROM groups WHERE bucket = ?", (name,))
+            conn.execute("DELETE FROM bucket_properties WHERE bucket = ?", (name,))
+            conn.execute("DELETE FROM leases WHERE bucket = ?", (name,))
             now = time.time()
             for (upload_id,) in conn.execute("SELECT upload_id FROM uploads WHERE bucket = ?", (name,)).fetchall():
                 _drop_upload(conn, upload_id, now)
+            _drop_blocks(conn, "WHERE bucket = ?", (name,), now)
             conn.execute("DELETE FROM buckets WHERE name = ?", (name,))
+        await self._write(op)
+
+    async def get_bucket_properties(self, name: str) -> BucketProperties | None:
+        row = self._reader.execute("SELECT bucket, public_access, metadata, access_policies, modified FROM "
+                                   "bucket_properties WHERE bucket = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return BucketProperties(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4])
+
+    async def put_bucket_properties(self, props: BucketProperties) -> None:
+        def op(conn):
+            if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (props.bucket,)).fetchone() is None:
+                raise errors.NoSuchBucket(bucket=props.bucket)
+            conn.execute("INSERT OR REPLACE INTO bucket_properties VALUES (?, ?, ?, ?, ?)",
+                         (props.bucket, props.public_access, json.dumps(props.metadata),
+                          json.dumps(props.access_policies), props.modified))
         await self._write(op)
 
     # objects ---------------------------------------------------------------------------------------------
@@ -647,6 +739,111 @@ class SqliteMetaStore:
             _drop_upload(conn, upload_id, time.time())
         await self._write(op)
 
+    # uncommitted blocks (Azure Put Block) ----------------------------------------------------------------
+    async def put_block(self, block: Block, max_blocks: int) -> Block | None:
+        def op(conn):
+            _require_bucket(conn, block.bucket)
+            where = (block.bucket, block.key)
+            row = conn.execute("SELECT * FROM blocks WHERE bucket = ? AND key = ? AND block_id = ?",
+                               (*where, block.block_id)).fetchone()
+            replaced = Block(*row) if row else None
+            if replaced is None:
+                other = conn.execute("SELECT block_id FROM blocks WHERE bucket = ? AND key = ? LIMIT 1",
+                                     where).fetchone()
+                if other is not None and len(other[0]) != len(block.block_id):
+                    raise errors.InvalidRequest("The specified blob or block content is invalid: every block id "
+                                                "of a blob must have the same length.", code="InvalidBlobOrBlock")
+                count = conn.execute("SELECT count(*) FROM blocks WHERE bucket = ? AND key = ?", where).fetchone()[0]
+                if count >= max_blocks:
+                    raise errors.Conflict(f"The blob already has {max_blocks} uncommitted blocks.",
+                                          code="BlockCountExceedsLimit")
+            else:
+                conn.execute("DELETE FROM blocks WHERE bucket = ? AND key = ? AND block_id = ?",
+                             (*where, block.block_id))
+                _add_garbage(conn, [replaced.blob_id], time.time())
+            conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (block.bucket, block.key, block.block_id, block.blob_id, block.size, block.md5,
+                          block.created))
+            return replaced
+        return await self._write(op)
+
+    async def list_blocks(self, bucket: str, key: str) -> list[Block]:
+        rows = await self._read_in_pool(lambda c: c.execute(
+            "SELECT * FROM blocks WHERE bucket = ? AND key = ? ORDER BY created, block_id", (bucket, key)).fetchall())
+        return [Block(*r) for r in rows]
+
+    async def commit_blocks(self, version: ObjectVersion, base_version_id: str | None,
+                            staged: Sequence[tuple[str, str]], condition: WriteCondition | None = None,
+                            journal: bool = False) -> ObjectVersion | None:
+        def op(conn):
+            _require_bucket(conn, version.bucket)
+            where = (version.bucket, version.key)
+            blocks = {r[0]: r[1] for r in conn.execute(
+                "SELECT block_id, blob_id FROM blocks WHERE bucket = ? AND key = ?", where)}
+            for block_id, blob_id in staged:
+                if blocks.get(block_id) != blob_id:
+                    raise errors.ConditionalRequestConflict("A block was replaced or removed while the block list "
+                                                            "was committed; retry.")
+            now = time.time()
+            if base_version_id is not None:
+                row = conn.execute("SELECT version_id FROM objects WHERE bucket = ? AND key = ?", where).fetchone()
+                if row is None or row[0] != base_version_id:
+                    raise errors.ConditionalRequestConflict("The blob changed while its block list was committed; "
+                                                            "retry.")
+            replaced = _swap_version(conn, version, condition, now, journal)
+            if base_version_id is not None:
+                # Committed blocks kept from the replaced version are extents of the new one: not garbage.
+                conn.executemany("DELETE FROM garbage WHERE blob_id = ?",
+                                 [(b,) for b in {e.blob_id for e in version.extents}])
+            used = {blob_id for _, blob_id in staged}
+            _add_garbage(conn, [b for b in blocks.values() if b not in used], now)
+            conn.execute("DELETE FROM blocks WHERE bucket = ? AND key = ?", where)
+            return replaced
+        return await self._write(op)
+
+    async def expire_blocks(self, older_than: float, limit: int) -> int:
+        # Asked every collector round: look first, so a round with nothing to expire commits nothing.
+        if self._reader.execute("SELECT 1 FROM blocks WHERE created < ? LIMIT 1", (older_than,)).fetchone() is None:
+            return 0
+
+        def op(conn):
+            rows = conn.execute("SELECT bucket, key, block_id, blob_id FROM blocks WHERE created < ? ORDER BY created "
+                                "LIMIT ?", (older_than, limit)).fetchall()
+            conn.executemany("DELETE FROM blocks WHERE bucket = ? AND key = ? AND block_id = ?",
+                             [r[:3] for r in rows])
+            _add_garbage(conn, [r[3] for r in rows], time.time())
+            return len(rows)
+        return await self._write(op)
+
+    # leases ----------------------------------------------------------------------------------------------
+    async def get_lease(self, bucket: str, key: str) -> Lease | None:
+        row = self._reader.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE bucket = ? AND key = ?",
+                                   (bucket, key)).fetchone()
+        return Lease(*row) if row else None
+
+    async def list_leases(self, bucket: str, first: str, last: str) -> dict[str, Lease]:
+        rows = self._reader.execute(f"SELECT key, {_LEASE_COLUMNS} FROM leases WHERE bucket = ? AND key >= ? AND "
+                                    "key <= ? AND key != ''", (bucket, first, last)).fetchall()
+        return {r[0]: Lease(*r[1:]) for r in rows}
+
+    async def apply_lease(self, bucket: str, key: str, change: Callable[[Lease | None], tuple[Lease | None, Any]]
+                          ) -> Any:
+        def op(conn):
+            _require_bucket(conn, bucket)
+            if key and conn.execute("SELECT 1 FROM objects WHERE bucket = ? AND key = ?",
+                                    (bucket, key)).fetchone() is None:
+                raise errors.NoSuchKey(bucket=bucket, key=key)
+            row = conn.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE bucket = ? AND key = ?",
+                               (bucket, key)).fetchone()
+            new, result = change(Lease(*row) if row else None)
+            if new is None:
+                conn.execute("DELETE FROM leases WHERE bucket = ? AND key = ?", (bucket, key))
+            else:
+                conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (bucket, key, new.state, new.lease_id, new.duration, new.expires_at, new.break_at))
+            return result
+        return await self._write(op)
+
     # garbage ---------------------------------------------------------------------------------------------
     async def take_garbage(self, older_than: float, limit: int) -> list[str]:
         rows = await self._read_in_pool(lambda c: c.execute(
@@ -666,6 +863,7 @@ class SqliteMetaStore:
             for (extents,) in c.execute("SELECT extents FROM objects"):
                 found.update(e[0] for e in json.loads(extents))
             found.update(r[0] for r in c.execute("SELECT blob_id FROM parts"))
+            found.update(r[0] for r in c.execute("SELECT blob_id FROM blocks"))
             found.update(r[0] for r in c.execute("SELECT blob_id FROM garbage"))
             return found
         return await self._read_in_pool(q)
@@ -946,6 +1144,42 @@ class SqliteMetaStore:
             return conn.execute("UPDATE drain SET not_before = 0 WHERE not_before > ?", (time.time(),)).rowcount
         return await self._write(op)
 
+    # copies ----------------------------------------------------------------------------------------------
+    async def put_copy(self, state: CopyState) -> None:
+        def op(conn):
+            conn.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (state.bucket, state.key, state.copy_id, state.source, state.status, state.started,
+                          state.copied, state.total, state.completed, state.description, state.version_id,
+                          state.heartbeat))
+        await self._write(op)
+
+    async def get_copy(self, bucket: str, key: str) -> CopyState | None:
+        row = self._reader.execute("SELECT * FROM copies WHERE bucket = ? AND key = ?", (bucket, key)).fetchone()
+        return CopyState(*row) if row else None
+
+    async def update_copy(self, bucket: str, key: str, copy_id: str, *, status: str | None = None,
+                          copied: int | None = None, total: int | None = None, completed: float | None = None,
+                          description: str | None = None, version_id: str | None = None,
+                          heartbeat: float | None = None) -> bool:
+        fields = {"status": status, "copied": copied, "total": total, "completed": completed,
+                  "description": description, "version_id": version_id, "heartbeat": heartbeat}
+        changes = {name: value for name, value in fields.items() if value is not None}
+
+        def op(conn):
+            if not changes:
+                return conn.execute("SELECT 1 FROM copies WHERE bucket = ? AND key = ? AND copy_id = ? AND "
+                                    "status = 'pending'", (bucket, key, copy_id)).fetchone() is not None
+            assignments = ", ".join(f"{name} = ?" for name in changes)
+            return conn.execute(f"UPDATE copies SET {assignments} WHERE bucket = ? AND key = ? AND copy_id = ? "
+                                "AND status = 'pending'", (*changes.values(), bucket, key, copy_id)).rowcount > 0
+        return await self._write(op)
+
+    async def fail_pending_copies(self, description: str, completed: float) -> int:
+        def op(conn):
+            return conn.execute("UPDATE copies SET status = 'failed', description = ?, completed = ? "
+                                "WHERE status = 'pending'", (description, completed)).rowcount
+        return await self._write(op)
+
     async def get_flag(self, name: str) -> int:
         row = self._reader.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
@@ -1135,7 +1369,7 @@ class SqliteMetaStore:
                 # No index by blob id (nothing on the request path needs one): one pass over every reference, the
                 # extents unpacked by SQLite's JSON code. With 1M objects this takes ~2.5 s whatever the number of
                 # candidates; an IN list of them in SQL cost 2 s for 10 and 37 s for 1M.
-                for sql in ("SELECT blob_id FROM garbage", "SELECT blob_id FROM parts",
+                for sql in ("SELECT blob_id FROM garbage", "SELECT blob_id FROM parts", "SELECT blob_id FROM blocks",
                             "SELECT e.value ->> 0 FROM objects, json_each(objects.extents) AS e"):
                     for (blob_id,) in c.execute(sql):
                         left.discard(blob_id)
@@ -1254,6 +1488,16 @@ def _swap_version(conn: sqlite3.Connection, version: ObjectVersion, condition: W
                 raise errors.NoSuchKey(bucket=version.bucket, key=version.key)
             if condition.if_match != "*" and condition.if_match != current.etag:
                 raise errors.PreconditionFailed(condition="If-Match")
+        if condition.guard_lease:
+            lease = conn.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE bucket = ? AND key = ?",
+                                 (version.bucket, version.key)).fetchone()
+            if lease is not None and current is None:
+                # Left by a row that went another way than a delete (tiering drops rows the cold store lost):
+                # a lease never outlives its object.
+                conn.execute("DELETE FROM leases WHERE bucket = ? AND key = ?", (version.bucket, version.key))
+                lease = None
+            if lease is not None or condition.lease_id is not None:
+                check_write(Lease(*lease) if lease else None, condition.lease_id, now)
     if current is not None:
         conn.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (version.bucket, version.key))
         _add_garbage(conn, [e.blob_id for e in current.extents], now)
@@ -1277,6 +1521,7 @@ def _delete_key(conn: sqlite3.Connection, bucket: str, key: str, now: float,
         return None
     current = _row_to_version(row)
     conn.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+    conn.execute("DELETE FROM leases WHERE bucket = ? AND key = ?", (bucket, key))  # a lease dies with its blob
     _add_garbage(conn, [e.blob_id for e in current.extents], now)
     _account(conn, -_resident_size(current))
     if current.residency == "partial":
@@ -1312,3 +1557,11 @@ def _drop_upload(conn: sqlite3.Connection, upload_id: str, now: float) -> None:
     _add_garbage(conn, blobs, now)
     conn.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
     conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+
+
+def _drop_blocks(conn: sqlite3.Connection, where: str, params: tuple, now: float) -> int:
+    """Remove the uncommitted blocks ``where`` selects; their blobs become garbage."""
+    blobs = [r[0] for r in conn.execute(f"SELECT blob_id FROM blocks {where}", params).fetchall()]
+    _add_garbage(conn, blobs, now)
+    conn.execute(f"DELETE FROM blocks {where}", params)
+    return len(blobs)
