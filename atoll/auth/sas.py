@@ -218,6 +218,26 @@ def verify_sas(query: Mapping[str, str], *, account: str, key: bytes | str, cont
                blob: str | None, client_ip: str, scheme: str, now: float,
                policies: Mapping[str, StoredAccessPolicy] | None = None) -> SasGrant:
     """Verify the SAS in ``query`` for a request on ``container``/``blob`` of ``account`` (see the module doc)."""
+    # What the signature proves depends only on the query, the target and the key: a SAS URL that a data loader
+    # fetches again and again is verified once (a dict lookup instead of an HMAC and a parse per request). The
+    # time window, the client's address and the protocol are checked on every request.
+    cache_key = (tuple(query.items()), account, key, container, blob) if policies is None else None
+    grant = _verified.get(cache_key) if cache_key is not None else None
+    if grant is None:
+        grant = _verified_grant(query, account=account, key=key, container=container, blob=blob, policies=policies)
+        if cache_key is not None:
+            if len(_verified) >= _VERIFIED_MAX:
+                _verified.clear()
+            _verified[cache_key] = grant
+    return _check_use(grant, query, client_ip=client_ip, scheme=scheme, now=now)
+
+
+_VERIFIED_MAX = 4096
+_verified: dict[tuple, "SasGrant"] = {}
+
+
+def _verified_grant(query: Mapping[str, str], *, account: str, key: bytes | str, container: str | None,
+                    blob: str | None, policies: Mapping[str, StoredAccessPolicy] | None) -> SasGrant:
     q = {name.lower(): value for name, value in query.items()}
     version = q.get("sv", "")
     if not version:
@@ -245,7 +265,10 @@ def verify_sas(query: Mapping[str, str], *, account: str, key: bytes | str, cont
         grant = _account_grant(q, account, version)
     else:
         grant = _service_grant(q, account, container, granted_blob, resource, version, policies)
+    return grant
 
+
+def _check_use(grant: SasGrant, q: Mapping[str, str], *, client_ip: str, scheme: str, now: float) -> SasGrant:
     if grant.start is not None and now < grant.start or now > grant.expiry:
         raise _failed(f"Signature not valid in the specified time frame: Start [{q.get('st', '')}] - "
                       f"Expiry [{q.get('se', '')}] - Current [{_format_time(now)}]")
