@@ -201,16 +201,25 @@ async def get_blob(ctx: BlobContext) -> Response:
     return Response(status, out, files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length)
 
 
+def _not_modified(ctx: BlobContext, version: ObjectVersion) -> bool:
+    """The request's read conditions against ``version``: raises for a failed precondition (412); True when
+    If-None-Match / If-Modified-Since say the client's copy is current."""
+    conditions = read_conditions(ctx.headers)
+    if conditions.empty:
+        return False
+    try:
+        check_conditions(conditions, version.etag, version.last_modified)
+    except errors.NotModified:
+        return True
+    return False
+
+
 async def get_blob_properties(ctx: BlobContext) -> Response:
     ctx.require("r")
     version = await ctx.ns.head_object(ctx.actor, ctx.container, ctx.blob)
-    conditions = read_conditions(ctx.headers)
-    if not conditions.empty:
-        try:
-            check_conditions(conditions, version.etag, version.last_modified)
-        except errors.NotModified:
-            return Response(304, [("ETag", quoted_etag(version.etag)),
-                                  ("Last-Modified", http_date(int(version.last_modified)))])
+    if _not_modified(ctx, version):
+        return Response(304, [("ETag", quoted_etag(version.etag)),
+                              ("Last-Modified", http_date(int(version.last_modified)))])
     out = await blob_headers(ctx, version)
     md5 = content_md5(version)
     if md5:
@@ -398,12 +407,8 @@ async def set_blob_properties(ctx: BlobContext) -> Response:
 async def get_blob_metadata(ctx: BlobContext) -> Response:
     ctx.require("r")
     version = await ctx.ns.head_object(ctx.actor, ctx.container, ctx.blob)
-    conditions = read_conditions(ctx.headers)
-    if not conditions.empty:
-        try:
-            check_conditions(conditions, version.etag, version.last_modified)
-        except errors.NotModified:
-            raise _condition_failed() from None
+    if _not_modified(ctx, version):
+        raise _condition_failed()
     out = [("ETag", quoted_etag(version.etag)), ("Last-Modified", http_date(int(version.last_modified)))]
     out += metadata_headers(version.user_meta)
     return Response(200, out, head_only=ctx.http.method == "HEAD", content_length=0)

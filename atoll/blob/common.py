@@ -119,3 +119,15 @@ def service_endpoint(ctx: BlobContext) -> str:
     if ctx.http.state.get("host_style"):
         return f"http://{host}/"
     return f"http://{host}/{escape(ctx.account)}/"
+
+
+def enumeration_head(ctx: BlobContext, attributes: str, prefix: str, marker: str, max_results: int) -> list[str]:
+    """The opening of an EnumerationResults answer (List Containers, List Blobs): the echoed paging fields."""
+    parts = [XML_HEAD, f'<EnumerationResults ServiceEndpoint="{service_endpoint(ctx)}"{attributes}>']
+    if prefix:
+        parts.append(f"<Prefix>{text(prefix)}</Prefix>")
+    if marker:
+        parts.append(f"<Marker>{text(marker)}</Marker>")
+    if "maxresults" in ctx.query:
+        parts.append(f"<MaxResults>{max_results}</MaxResults>")
+    return parts

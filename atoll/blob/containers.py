@@ -11,8 +11,8 @@ import re
 from xml.etree import ElementTree
 
 from atoll import errors
-from atoll.blob.common import (XML_HEAD, check_lease, container_etag, http_date, lease_headers, lease_state,
-                               lease_xml, metadata_from, metadata_headers, metadata_xml, service_endpoint, text)
+from atoll.blob.common import (XML_HEAD, check_lease, container_etag, enumeration_head, http_date, lease_headers,
+                               lease_state, lease_xml, metadata_from, metadata_headers, metadata_xml, text)
 from atoll.blob.context import BlobContext
 from atoll.blob.errors import BlobError
 from atoll.core.models import BucketProperties
@@ -228,13 +228,7 @@ async def list_containers(ctx: BlobContext) -> Response:
     buckets = [b for b in await ctx.ns.list_buckets(ctx.identity)
                if b.name.startswith(prefix) and b.name >= marker]
     page, rest = buckets[:max_results], buckets[max_results:]
-    parts = [XML_HEAD, f'<EnumerationResults ServiceEndpoint="{service_endpoint(ctx)}">']
-    if prefix:
-        parts.append(f"<Prefix>{text(prefix)}</Prefix>")
-    if marker:
-        parts.append(f"<Marker>{text(marker)}</Marker>")
-    if "maxresults" in q:
-        parts.append(f"<MaxResults>{max_results}</MaxResults>")
+    parts = enumeration_head(ctx, "", prefix, marker, max_results)
     parts.append("<Containers>")
     for bucket in page:
         props = await ctx.ns.bucket_properties(bucket.name)

@@ -9,8 +9,8 @@ import binascii
 
 from atoll.blob import fromurl
 from atoll.blob.blobs import DEFAULT_CONTENT_TYPE, content_md5
-from atoll.blob.common import UNLEASED, XML_HEAD, http_date, lease_states, lease_xml, metadata_xml, \
-    name_element, service_endpoint, text
+from atoll.blob.common import UNLEASED, enumeration_head, http_date, lease_states, lease_xml, metadata_xml, \
+    name_element, text
 from atoll.blob.context import BlobContext
 from atoll.blob.errors import BlobError
 from atoll.core.models import ListEntry, ObjectVersion
@@ -76,14 +76,7 @@ async def list_blobs(ctx: BlobContext) -> Response:
     items += [(p, "prefix") for p in page.prefixes]
     items.sort()  # the XML interleaves blobs and prefixes in name order, as Azure does
     entries = {entry.key: entry for entry in page.entries}
-    parts = [XML_HEAD, f'<EnumerationResults ServiceEndpoint="{service_endpoint(ctx)}" '
-             f'ContainerName="{text(ctx.container)}">']
-    if prefix:
-        parts.append(f"<Prefix>{text(prefix)}</Prefix>")
-    if marker:
-        parts.append(f"<Marker>{text(marker)}</Marker>")
-    if "maxresults" in q:
-        parts.append(f"<MaxResults>{max_results}</MaxResults>")
+    parts = enumeration_head(ctx, f' ContainerName="{text(ctx.container)}"', prefix, marker, max_results)
     if delimiter:
         parts.append(f"<Delimiter>{text(delimiter)}</Delimiter>")
     parts.append("<Blobs>")
