@@ -4,17 +4,18 @@ The core knows nothing of HTTP: front ends (S3, later Azure Blob) translate thes
 statuses in one place each (``atoll/s3/errors.py``). The tree::
 
     AtollError
-    ├── NotFound            NoSuchBucket, NoSuchKey, NoSuchUpload
+    ├── NotFound            NoSuchBucket, NoSuchKey, NoSuchUpload, NoSuchTenant
     ├── Conflict            BucketAlreadyExists, BucketAlreadyOwnedByYou, BucketNotEmpty,
-    │                       ConditionalRequestConflict
+    │                       ConditionalRequestConflict, TenantNotEmpty
     ├── PreconditionFailed  a write or read condition (If-Match, ...) did not hold
     ├── NotModified         a read condition asks for no body (If-None-Match, If-Modified-Since)
     ├── InvalidRequest      the client asked for something malformed or impossible
     │   ├── InvalidArgument, InvalidBucketName, KeyTooLong, InvalidRange
     │   ├── EntityTooSmall, EntityTooLarge, InvalidPart, InvalidPartOrder
     │   └── BadDigest, InvalidDigest, IncompleteBody
-    ├── AccessDenied        the identity may not do this
-    └── Unavailable         Atoll cannot do it now (disk full, overloaded, cold store unreachable); retry later
+    ├── AccessDenied        the identity may not do this; QuotaExceeded
+    └── Unavailable         Atoll cannot do it now (disk full, overloaded, cold store unreachable); retry later;
+                            Throttled (a tenant's or bucket's rate limit)
 """
 
 from __future__ import annotations
@@ -218,3 +219,25 @@ class LeaseHeaderError(InvalidArgument):
     def __init__(self, message: str = "", **detail: object) -> None:
         detail.setdefault("code", "InvalidHeaderValue")
         super().__init__(message, **detail)
+
+
+# Governance (#7, docs/governance.md). Front ends answer QuotaExceeded with 403 and code QuotaExceeded (S3 and
+# Blob), and Throttled with 503 SlowDown (S3) / ServerBusy (Blob) and Retry-After.
+class NoSuchTenant(NotFound):
+    """The specified tenant does not exist."""
+
+
+class TenantNotEmpty(Conflict):
+    """The tenant still owns buckets."""
+
+
+class QuotaExceeded(AccessDenied):
+    """The write would exceed a storage quota."""
+
+    def __init__(self, message: str = "", **detail: object) -> None:
+        detail.setdefault("code", "QuotaExceeded")
+        super().__init__(message, **detail)
+
+
+class Throttled(Unavailable):
+    """Please reduce your request rate."""

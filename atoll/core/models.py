@@ -12,6 +12,48 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+ROLES = ("read", "write", "admin")  # each includes the ones before it
+ROOT_TENANT = "root"  # the tenant of the root identity; always exists
+
+
+def tenant_name_for_key(access_key: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A valid tenant name derived from an access key (lower-cased, other characters as '-'), unique in ``taken``."""
+    base = "".join(c if c.isascii() and c.isalnum() else "-" for c in access_key.lower()).strip("-")[:56]
+    base = base if len(base) >= 3 else f"key-{base}".strip("-")
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+@dataclass(slots=True)
+class Limits:
+    """Hard quotas and request-rate limits of a tenant or a bucket; 0 means no limit. Bursts are token-bucket
+    depths (0: one second's worth of the rate)."""
+
+    max_bytes: int = 0
+    max_objects: int = 0
+    requests_per_second: float = 0.0
+    request_burst: float = 0.0
+    bytes_per_second: float = 0.0
+    bytes_burst: float = 0.0
+
+
+@dataclass(slots=True)
+class Tenant:
+    """A team on the island: it owns identities and buckets, and carries limits. ``warm_reserved`` bytes of the
+    warm tier are guaranteed to it (other tenants' pressure cannot evict below that), ``warm_cap`` bounds what it
+    may hold there (0: no cap); ``wan_weight`` is its share of each cold link against other tenants."""
+
+    name: str
+    created: float
+    limits: Limits = field(default_factory=Limits)
+    warm_reserved: int = 0
+    warm_cap: int = 0
+    wan_weight: float = 1.0
+
+
 @dataclass(slots=True)
 class Identity:
     """An S3 access key and the user it belongs to."""
@@ -25,6 +67,18 @@ class Identity:
     # Azure Blob: the account this identity answers to (Shared Key / SAS) and its base64 key; "" when it has none.
     account_name: str = ""
     account_key: str = ""
+    # Governance (#7): the tenant it belongs to, what it may do (ROLES) and where: every bucket of its tenant when
+    # ``scopes`` is empty, else only the named "bucket" or "bucket/prefix" entries. Root identities are the
+    # island's operators: every tenant, every bucket, the admin API.
+    tenant: str = ROOT_TENANT
+    role: str = "admin"
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def operator(self) -> bool:
+        """An island operator: the root identity, or an admin of the root tenant on every bucket. Operators reach
+        every tenant's buckets and the admin API."""
+        return self.is_root or (self.tenant == ROOT_TENANT and self.role == "admin" and not self.scopes)
 
 
 @dataclass(slots=True)
@@ -33,6 +87,8 @@ class Bucket:
     owner_id: str
     created: float
     region: str = "us-east-1"
+    tenant: str = ROOT_TENANT
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(slots=True)

@@ -30,7 +30,8 @@ from atoll.core import checksums as cks
 from atoll.core import ingest
 from atoll.core.conditions import ReadConditions, check as check_conditions
 from atoll.core.listing import ListPage, list_page
-from atoll.core.models import RESIDENT, Bucket, Extent, Identity, Link, ObjectVersion, Part, Upload
+from atoll.core.models import RESIDENT, ROLES, Bucket, Extent, Identity, Link, ObjectVersion, Part, Tenant, Upload
+from atoll.core.models import tenant_name_for_key
 from atoll.core import blocks as blk
 from atoll.core.models import Block
 from atoll.core.models import BucketProperties
@@ -95,6 +96,23 @@ def validate_bucket_name(name: str) -> None:
         raise errors.InvalidBucketName("The specified bucket is not valid.", bucket=name)
 
 
+def validate_tenant_name(name: str) -> None:
+    """Like a bucket name's DNS-label rules: 3 to 63 lower-case letters, digits and '-', alphanumeric at both ends."""
+    ok = 3 <= len(name) <= 63 and name.isascii() and all(c.islower() or c.isdigit() or c == "-" for c in name)
+    if not (ok and name[0].isalnum() and name[-1].isalnum()):
+        raise errors.InvalidArgument("A tenant name is 3 to 63 lower-case letters, digits and '-', starting and "
+                                     "ending with a letter or digit.")
+
+
+def validate_scope(scope: str) -> str:
+    """A permission scope: a bucket name, or "bucket/prefix" (the prefix may be anything a key may start with)."""
+    bucket, _, prefix = scope.partition("/")
+    validate_bucket_name(bucket)
+    if len(prefix.encode()) > MAX_KEY_BYTES:
+        raise errors.InvalidArgument("A scope's prefix is at most 1024 bytes.")
+    return scope
+
+
 def validate_key(key: str) -> None:
     if not key:
         raise errors.InvalidArgument("Object key must not be empty.")
@@ -155,6 +173,7 @@ class Namespace:
         self._account_identities: _HitCache[Identity] = _HitCache(_IDENTITY_TTL)
         self._bucket_properties: _HitCache[BucketProperties] = _HitCache(_BUCKET_TTL)
         self._buckets: _HitCache[Bucket] = _HitCache(_BUCKET_TTL)
+        self._tenants: _HitCache[Tenant] = _HitCache(_BUCKET_TTL)
         self._gc_task: asyncio.Task | None = None
         self.small_cache_bytes = small_cache_bytes
         self._small_objects: OrderedDict[str, bytes] = OrderedDict()
@@ -166,12 +185,23 @@ class Namespace:
 
     async def create_identity(self, display_name: str, *, access_key: str | None = None,
                               secret_key: str | None = None, is_root: bool = False,
-                              account_name: str = "") -> Identity:
-        """``account_name``: also give the identity an Azure Blob account of that name, with a new key."""
+                              account_name: str = "", tenant: str | None = None, role: str = "admin",
+                              scopes: Sequence[str] = ()) -> Identity:
+        """``account_name``: also give the identity an Azure Blob account of that name, with a new key.
+        ``tenant``: the tenant it joins (NoSuchTenant if there is none); None makes a tenant of its own, named
+        after its access key, so identities created without one stay isolated from each other (as before #7)."""
         if account_name:
             validate_account_name(account_name)
+        if role not in ROLES:
+            raise errors.InvalidArgument(f"A role is one of {', '.join(ROLES)}.")
+        scopes = tuple(validate_scope(scope) for scope in scopes)
+        access_key = access_key or "AK" + secrets.token_hex(9).upper()
+        if tenant is None:
+            taken = {t.name for t in await self.meta.list_tenants()}
+            tenant = tenant_name_for_key(access_key, taken)
+            await self.meta.put_tenant(Tenant(tenant, time.time()))
         identity = Identity(
-            access_key=access_key or "AK" + secrets.token_hex(9).upper(),
+            access_key=access_key,
             secret_key=secret_key or new_secret_key(),
             owner_id=secrets.token_hex(32),
             display_name=display_name,
@@ -179,6 +209,9 @@ class Namespace:
             is_root=is_root,
             account_name=account_name,
             account_key=new_account_key() if account_name else "",
+            tenant=tenant,
+            role=role,
+            scopes=scopes,
         )
         await self.meta.put_identity(identity)
         return identity
@@ -195,16 +228,21 @@ class Namespace:
         bucket = await self._bucket(name)
         if bucket is None:
             raise errors.NoSuchBucket(bucket=name)
-        if identity is None or not (identity.is_root or identity.owner_id == bucket.owner_id):
+        if identity is None or not (identity.operator or identity.tenant == bucket.tenant):
             raise errors.AccessDenied(bucket=name)
         return bucket
+
+    async def tenant(self, name: str) -> Tenant | None:
+        """A tenant's settings, cached for a second (limits set from the CLI reach every worker within it)."""
+        return await self._tenants.get(name, self.meta.get_tenant)
 
     async def create_bucket(self, identity: Identity, name: str, region: str | None = None) -> Bucket:
         validate_bucket_name(name)
         if region and region != self.region:
             raise errors.InvalidArgument(f"This island serves region {self.region}; LocationConstraint "
                                          f"{region} is not available.", code="InvalidLocationConstraint")
-        bucket = Bucket(name=name, owner_id=identity.owner_id, created=time.time(), region=self.region)
+        bucket = Bucket(name=name, owner_id=identity.owner_id, created=time.time(), region=self.region,
+                        tenant=identity.tenant)
         await self.meta.create_bucket(bucket)
         self._buckets.forget(name)
         return bucket
@@ -225,7 +263,7 @@ class Namespace:
         return props
 
     async def list_buckets(self, identity: Identity) -> list[Bucket]:
-        return await self.meta.list_buckets(None if identity.is_root else identity.owner_id)
+        return await self.meta.list_buckets(None if identity.operator else identity.tenant)
 
     async def delete_bucket(self, identity: Identity, name: str, *, lease_id: str | None = None) -> None:
         await self.bucket_for(identity, name)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from atoll import errors
-from atoll.core.models import Bucket, Extent, Identity, ObjectVersion, Part, Upload
+from atoll.core.models import Bucket, Extent, Identity, ObjectVersion, Part, Tenant, Upload
 from atoll.stores.meta.base import WriteCondition
 
 OWNER = "owner-a"
@@ -84,20 +84,25 @@ async def test_create_bucket_conflicts_name_the_owner(meta_store):
     created = Bucket(name="data", owner_id=OWNER, created=1234.5, region="us-east-1")
     await meta_store.create_bucket(created)
     assert await meta_store.get_bucket("data") == created
+    # Names are unique on the island; "owned by you" means owned by your tenant, whoever in it created it.
     with pytest.raises(errors.BucketAlreadyOwnedByYou):
-        await meta_store.create_bucket(Bucket(name="data", owner_id=OWNER, created=2.0))
-    with pytest.raises(errors.BucketAlreadyExists):
         await meta_store.create_bucket(Bucket(name="data", owner_id=OTHER, created=2.0))
+    await meta_store.put_tenant(Tenant("other-team", 1.0))
+    with pytest.raises(errors.BucketAlreadyExists):
+        await meta_store.create_bucket(Bucket(name="data", owner_id=OTHER, created=2.0, tenant="other-team"))
     assert await meta_store.get_bucket("data") == created
     assert await meta_store.get_bucket("nope") is None
 
 
-async def test_list_buckets_in_name_order_and_by_owner(meta_store):
-    for name, owner in [("m-bucket", OWNER), ("a-bucket", OTHER), ("z-bucket", OWNER), ("0-bucket", OWNER)]:
-        await new_bucket(meta_store, name, owner)
+async def test_list_buckets_in_name_order_and_by_tenant(meta_store):
+    await meta_store.put_tenant(Tenant("other-team", 1.0))
+    for name, tenant in [("m-bucket", "root"), ("a-bucket", "other-team"), ("z-bucket", "root"),
+                         ("0-bucket", "root")]:
+        await meta_store.create_bucket(Bucket(name=name, owner_id=OWNER, created=time.time(), tenant=tenant))
     assert [b.name for b in await meta_store.list_buckets()] == ["0-bucket", "a-bucket", "m-bucket", "z-bucket"]
-    assert [b.name for b in await meta_store.list_buckets(OWNER)] == ["0-bucket", "m-bucket", "z-bucket"]
-    assert [b.name for b in await meta_store.list_buckets(OTHER)] == ["a-bucket"]
+    assert [b.name for b in await meta_store.list_buckets("root")] == ["0-bucket", "m-bucket", "z-bucket"]
+    assert [b.name for b in await meta_store.list_buckets("other-team")] == ["a-bucket"]
+    assert await meta_store.list_buckets("nobody") == []
     assert await meta_store.list_buckets("nobody") == []
 
 

@@ -20,8 +20,8 @@ from typing import Callable, Protocol, Sequence, TypeVar
 
 from atoll.core.leases import Lease
 from atoll.core.models import BucketProperties
-from atoll.core.models import (Block, Bucket, CheckpointGroup, CopyState, DrainEntry, Identity, Job, Link, ListEntry,
-                               ObjectVersion, Part, Upload)
+from atoll.core.models import (Block, Bucket, CheckpointGroup, CopyState, DrainEntry, Identity, Job, Limits, Link,
+                               ListEntry, ObjectVersion, Part, Tenant, Upload)
 
 
 T = TypeVar("T")
@@ -47,7 +47,8 @@ class MetaStore(Protocol):
 
     # identities
     async def put_identity(self, identity: Identity) -> None:
-        """Insert or replace the identity with this access key."""
+        """Insert or replace the identity with this access key. Raises NoSuchTenant if its tenant does not
+        exist, InvalidArgument if its account name is another identity's."""
 
     async def get_identity(self, access_key: str) -> Identity | None: ...
 
@@ -58,14 +59,31 @@ class MetaStore(Protocol):
 
     async def delete_identity(self, access_key: str) -> bool: ...
 
+    # tenants (#7). Bucket names are unique on the island; a tenant owns buckets and identities.
+    async def put_tenant(self, tenant: Tenant) -> None:
+        """Insert a tenant, or replace the settings (limits, warm reservation and cap, WAN weight) of one."""
+
+    async def get_tenant(self, name: str) -> Tenant | None: ...
+
+    async def list_tenants(self) -> list[Tenant]:
+        """In name order."""
+
+    async def delete_tenant(self, name: str) -> None:
+        """Remove a tenant and its identities. Raises NoSuchTenant, TenantNotEmpty while it owns buckets,
+        InvalidRequest for the root tenant."""
+
     # buckets
     async def create_bucket(self, bucket: Bucket) -> None:
-        """Raises BucketAlreadyOwnedByYou if a bucket of that name has the same owner, else BucketAlreadyExists."""
+        """Raises BucketAlreadyOwnedByYou if a bucket of that name belongs to the same tenant, else
+        BucketAlreadyExists; NoSuchTenant if ``bucket.tenant`` does not exist."""
 
     async def get_bucket(self, name: str) -> Bucket | None: ...
 
-    async def list_buckets(self, owner_id: str | None = None) -> list[Bucket]:
-        """Buckets in name order, all of them when owner_id is None."""
+    async def list_buckets(self, tenant: str | None = None) -> list[Bucket]:
+        """Buckets in name order: the tenant's, or all of them when ``tenant`` is None."""
+
+    async def set_bucket_limits(self, name: str, limits: Limits) -> None:
+        """Replace a bucket's quotas and rate limits; raises NoSuchBucket."""
 
     async def delete_bucket(self, name: str) -> None:
         """Raises NoSuchBucket, or BucketNotEmpty while it has objects. Uploads in progress are aborted; the

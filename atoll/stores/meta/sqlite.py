@@ -14,6 +14,7 @@ SQLite specifics stay here: TEXT compares with BINARY collation, i.e. memcmp ove
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import mmap
 import os
@@ -26,7 +27,8 @@ from typing import Any, Callable, Sequence
 
 from atoll import errors
 from atoll.core.models import (RESIDENCY_CODES, RESIDENCY_NAMES, Block, Bucket, CheckpointGroup, DrainEntry, Extent,
-                               Identity, Job, Link, ListEntry, ObjectVersion, Part, Upload)
+                               Identity, Job, Limits, Link, ListEntry, ObjectVersion, Part, ROOT_TENANT, Tenant,
+                               Upload, tenant_name_for_key)
 from atoll.core.models import CopyState
 from atoll.core.leases import Lease, check_write
 from atoll.core.models import BucketProperties
@@ -139,7 +141,7 @@ _LEASE_COLUMNS = "state, lease_id, duration, expires_at, break_at"
 
 
 _IDENTITY_COLUMNS = ("access_key, secret_key, owner_id, display_name, created, is_root, account_name, "
-                     "account_key")
+                     "account_key, tenant, role, scopes")
 _SCHEMA_BLOB = """
 CREATE UNIQUE INDEX IF NOT EXISTS identities_by_account ON identities (account_name) WHERE account_name != '';
 CREATE TABLE IF NOT EXISTS bucket_properties (
@@ -158,7 +160,74 @@ def _add_account_columns(conn: sqlite3.Connection) -> None:
 
 
 def _row_to_identity(row: Sequence[Any]) -> Identity:
-    return Identity(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7])
+    return Identity(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9],
+                    tuple(json.loads(row[10])))
+
+
+# Governance (#7): tenants, and the tenant, role and scopes of identities and the tenant and limits of buckets.
+# New columns and a new table: applied at every open; rows made before it are given tenants once (_adopt_tenants).
+_SCHEMA_TENANTS = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY, created REAL NOT NULL, settings TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+_TENANT_COLUMNS = (("identities", "tenant", "''"), ("identities", "role", "'admin'"),
+                   ("identities", "scopes", "'[]'"), ("buckets", "tenant", "''"), ("buckets", "limits", "'{}'"))
+
+
+def _add_tenant_columns(conn: sqlite3.Connection) -> None:
+    for table, column, default in _TENANT_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}")
+    conn.executescript(_SCHEMA_TENANTS)
+    conn.execute("CREATE INDEX IF NOT EXISTS buckets_by_tenant ON buckets (tenant, name)")
+    conn.execute("CREATE INDEX IF NOT EXISTS identities_by_tenant ON identities (tenant)")
+
+
+def _adopt_tenants(conn: sqlite3.Connection) -> None:
+    """Identities and buckets made before tenants existed: the root identity joins the tenant ``root``, every
+    other identity gets a tenant of its own (its access key, lower-cased), so users isolated from each other
+    before stay isolated; a bucket joins its owner's tenant (``root`` if its owner is gone)."""
+    conn.execute("INSERT INTO tenants VALUES (?, ?, '{}') ON CONFLICT (name) DO NOTHING", (ROOT_TENANT, time.time()))
+    orphans = conn.execute("SELECT access_key, is_root FROM identities WHERE tenant = ''").fetchall()
+    if not orphans and conn.execute("SELECT 1 FROM buckets WHERE tenant = '' LIMIT 1").fetchone() is None:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    now = time.time()
+    taken = {row[0] for row in conn.execute("SELECT name FROM tenants")}
+
+    def ensure(name: str) -> str:
+        if name not in taken:
+            conn.execute("INSERT INTO tenants VALUES (?, ?, '{}')", (name, now))
+            taken.add(name)
+        return name
+
+    for access_key, is_root in orphans:
+        tenant = ensure(ROOT_TENANT if is_root else tenant_name_for_key(access_key, taken))
+        conn.execute("UPDATE identities SET tenant = ? WHERE access_key = ?", (tenant, access_key))
+    ensure(ROOT_TENANT)
+    conn.execute("UPDATE buckets SET tenant = coalesce((SELECT i.tenant FROM identities i WHERE i.owner_id = "
+                 "buckets.owner_id ORDER BY i.is_root DESC LIMIT 1), ?) WHERE tenant = ''", (ROOT_TENANT,))
+    conn.execute("COMMIT")
+
+
+def _tenant_settings(tenant: Tenant) -> str:
+    return json.dumps({"limits": dataclasses.asdict(tenant.limits), "warm_reserved": tenant.warm_reserved,
+                       "warm_cap": tenant.warm_cap, "wan_weight": tenant.wan_weight}, separators=(",", ":"))
+
+
+def _row_to_tenant(row: Sequence[Any]) -> Tenant:
+    settings = json.loads(row[2])
+    return Tenant(row[0], row[1], Limits(**settings.get("limits", {})), settings.get("warm_reserved", 0),
+                  settings.get("warm_cap", 0), settings.get("wan_weight", 1.0))
+
+
+_BUCKET_COLUMNS = "name, owner_id, created, region, tenant, limits"
+
+
+def _row_to_bucket(row: Sequence[Any]) -> Bucket:
+    return Bucket(row[0], row[1], row[2], row[3], row[4], Limits(**json.loads(row[5])))
 
 
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -435,6 +504,8 @@ class SqliteMetaStore:
         _add_account_columns(conn)
         conn.executescript(_SCHEMA_BLOB)
         conn.executescript(_SCHEMA_COPIES)
+        _add_tenant_columns(conn)
+        _adopt_tenants(conn)
         conn.execute("INSERT INTO counters VALUES ('resident_bytes', 0) ON CONFLICT (name) DO NOTHING")
         conn.close()
         self._reader = _connect(self.path, readonly=True)
@@ -483,9 +554,12 @@ class SqliteMetaStore:
             if identity.account_name and conn.execute(
                     "SELECT 1 FROM identities WHERE account_name = ?", (identity.account_name,)).fetchone():
                 raise errors.InvalidArgument(f"Account name {identity.account_name} is taken.")
-            conn.execute(f"INSERT INTO identities ({_IDENTITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (identity.tenant,)).fetchone() is None:
+                raise errors.NoSuchTenant(tenant=identity.tenant)
+            conn.execute(f"INSERT INTO identities ({_IDENTITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (identity.access_key, identity.secret_key, identity.owner_id, identity.display_name,
-                          identity.created, int(identity.is_root), identity.account_name, identity.account_key))
+                          identity.created, int(identity.is_root), identity.account_name, identity.account_key,
+                          identity.tenant, identity.role, json.dumps(list(identity.scopes))))
         await self._write(op)
 
     async def get_identity(self, access_key: str) -> Identity | None:
@@ -513,26 +587,63 @@ class SqliteMetaStore:
     # buckets ---------------------------------------------------------------------------------------------
     async def create_bucket(self, bucket: Bucket) -> None:
         def op(conn):
-            row = conn.execute("SELECT owner_id FROM buckets WHERE name = ?", (bucket.name,)).fetchone()
+            row = conn.execute("SELECT tenant FROM buckets WHERE name = ?", (bucket.name,)).fetchone()
             if row is not None:
-                if row[0] == bucket.owner_id:
+                if row[0] == bucket.tenant:
                     raise errors.BucketAlreadyOwnedByYou(bucket=bucket.name)
                 raise errors.BucketAlreadyExists(bucket=bucket.name)
-            conn.execute("INSERT INTO buckets VALUES (?, ?, ?, ?)",
-                         (bucket.name, bucket.owner_id, bucket.created, bucket.region))
+            if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (bucket.tenant,)).fetchone() is None:
+                raise errors.NoSuchTenant(tenant=bucket.tenant)
+            conn.execute(f"INSERT INTO buckets ({_BUCKET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                         (bucket.name, bucket.owner_id, bucket.created, bucket.region, bucket.tenant,
+                          json.dumps(dataclasses.asdict(bucket.limits))))
         await self._write(op)
 
     async def get_bucket(self, name: str) -> Bucket | None:
-        row = self._reader.execute("SELECT * FROM buckets WHERE name = ?", (name,)).fetchone()
-        return Bucket(*row) if row else None
+        row = self._reader.execute(f"SELECT {_BUCKET_COLUMNS} FROM buckets WHERE name = ?", (name,)).fetchone()
+        return _row_to_bucket(row) if row else None
 
-    async def list_buckets(self, owner_id: str | None = None) -> list[Bucket]:
-        if owner_id is None:
-            rows = self._reader.execute("SELECT * FROM buckets ORDER BY name").fetchall()
+    async def list_buckets(self, tenant: str | None = None) -> list[Bucket]:
+        if tenant is None:
+            rows = self._reader.execute(f"SELECT {_BUCKET_COLUMNS} FROM buckets ORDER BY name").fetchall()
         else:
-            rows = self._reader.execute("SELECT * FROM buckets WHERE owner_id = ? ORDER BY name",
-                                        (owner_id,)).fetchall()
-        return [Bucket(*r) for r in rows]
+            rows = self._reader.execute(f"SELECT {_BUCKET_COLUMNS} FROM buckets WHERE tenant = ? ORDER BY name",
+                                        (tenant,)).fetchall()
+        return [_row_to_bucket(r) for r in rows]
+
+    async def set_bucket_limits(self, name: str, limits: Limits) -> None:
+        def op(conn):
+            if conn.execute("UPDATE buckets SET limits = ? WHERE name = ?",
+                            (json.dumps(dataclasses.asdict(limits)), name)).rowcount == 0:
+                raise errors.NoSuchBucket(bucket=name)
+        await self._write(op)
+
+    # tenants (#7) ----------------------------------------------------------------------------------------
+    async def put_tenant(self, tenant: Tenant) -> None:
+        def op(conn):
+            conn.execute("INSERT INTO tenants VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                         "settings = excluded.settings", (tenant.name, tenant.created, _tenant_settings(tenant)))
+        await self._write(op)
+
+    async def get_tenant(self, name: str) -> Tenant | None:
+        row = self._reader.execute("SELECT name, created, settings FROM tenants WHERE name = ?", (name,)).fetchone()
+        return _row_to_tenant(row) if row else None
+
+    async def list_tenants(self) -> list[Tenant]:
+        rows = self._reader.execute("SELECT name, created, settings FROM tenants ORDER BY name").fetchall()
+        return [_row_to_tenant(r) for r in rows]
+
+    async def delete_tenant(self, name: str) -> None:
+        def op(conn):
+            if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is None:
+                raise errors.NoSuchTenant(tenant=name)
+            if name == ROOT_TENANT:
+                raise errors.InvalidRequest("The root tenant cannot be deleted.")
+            if conn.execute("SELECT 1 FROM buckets WHERE tenant = ? LIMIT 1", (name,)).fetchone():
+                raise errors.TenantNotEmpty("The tenant still owns buckets; delete them first.", tenant=name)
+            conn.execute("DELETE FROM identities WHERE tenant = ?", (name,))
+            conn.execute("DELETE FROM tenants WHERE name = ?", (name,))
+        await self._write(op)
 
     async def delete_bucket(self, name: str) -> None:
         def op(conn):
