@@ -1,10 +1,13 @@
 # Atoll — two commands on a fresh Debian machine with Python 3.11:
 #   make serve   create .venv, install Atoll, start it on the embedded default (S3 on 127.0.0.1:9000)
-#   make test    install what the tests need (Python packages, Debian packages) and run the suite
+#   make test    install what the tests need (Python packages, Debian packages) and run the suite: in parallel,
+#                then the `serial` tests alone (scripts/run-tests.sh; TEST_WORKERS=N sets the parallelism)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
+# pytest-xdist workers of the parallel test phase: the tests often wait, so more workers than CI's 2 cores
+TEST_WORKERS ?= 4
 
 .PHONY: serve test test-deps bench soak install clean
 
@@ -30,7 +33,7 @@ test-deps: $(VENV)/.test-installed
 	@bash scripts/install-test-deps.sh
 
 test: test-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PY=$(PY) TEST_WORKERS=$(TEST_WORKERS) bash scripts/run-tests.sh $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed
 	bash bench/run.sh

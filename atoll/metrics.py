@@ -26,3 +26,11 @@ STAGED = Counter("atoll_staged", "Objects made resident by staging jobs")
 STAGED_BYTES = Counter("atoll_staged_bytes", "Bytes fetched by staging jobs")
 WRITETHROUGH_DEGRADED = Counter("atoll_writethrough_degraded", "Write-through writes journaled for the drain "
                                 "because the cold store was unreachable", ["bucket"])
+COLD_TENANT_BYTES = Counter("atoll_cold_tenant_bytes", "Bytes moved on cold links, by tenant and traffic class",
+                            ["tenant", "traffic"])
+# QoS (#7): moved here from each worker's per-tenant counts once a second (atoll.core.qos).
+TENANT_REQUESTS = Counter("atoll_tenant_requests", "Requests per tenant, throttled ones included", ["tenant"])
+TENANT_THROTTLED = Counter("atoll_tenant_throttled", "Requests refused by a tenant's or bucket's rate limits",
+                           ["tenant"])
+TENANT_BYTES = Counter("atoll_tenant_bytes", "Body bytes per tenant: in (requests), out (answers)",
+                       ["tenant", "direction"])

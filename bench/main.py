@@ -21,12 +21,13 @@ from typing import Callable
 
 from . import benches as benches_mod
 from . import common, data, populate, report, tiering
+from . import noisy as noisy_row
 from .blobpeer import BlobView
 from .benches import LIST_BUCKET, build
 from .common import Settings, human_size, run_client
 from .peers import EMPTY_SIZE, SMALL_SIZE, AtollPeer, MotoPeer, NginxPeer, Peer, S3Peer
 
-ROW_IDS = (["get1", "ranges8", "put1", "blockput", "small", "head", "head-paced", "list", "list-botocore"]
+ROW_IDS = (["get1", "ranges8", "put1", "blockput", "small", "head", "head-paced", "noisy", "list", "list-botocore"]
            + tiering.ROW_IDS)
 BIG_ROWS = {"get1", "ranges8", "put1", "blockput"}
 HTTP_ROWS = {"get1", "ranges8", "put1", "blockput", "small", "head", "head-paced"}
@@ -117,7 +118,7 @@ class Run:
                 wanted.append(("nginx w2", lambda: NginxPeer(s, 2, self.src)))
         if "atoll" in s.targets:
             atoll_cmd = AtollPeer.base_command(s)
-            labels = (["atoll w1"] if http else []) + (["atoll w2"] if small else [])
+            labels = (["atoll w1"] if http else []) + (["atoll w2"] if small or "noisy" in self.rows else [])
             if atoll_cmd is None:
                 for lab in labels + (["atoll list"] if self.rows_need(LIST_ROWS) else []):
                     self.skip[lab] = f"Atoll not available ({s.atoll_bin} missing and no atoll/cli/main.py)"
@@ -482,7 +483,8 @@ def main() -> int:
         peers = dict(run.peers)
         peers["__skip__"] = run.skip
         benches = [b for b in build(s, peers, run.src, run.list_info)
-                   + tiering.build(s, run.tier, run.peers.get("nginx w1"), run.tier_skip) if b.id in run.rows]
+                   + tiering.build(s, run.tier, run.peers.get("nginx w1"), run.tier_skip)
+                   + [noisy_row.build(s, run.peers.get("atoll w2"), run.skip.get("atoll w2"))] if b.id in run.rows]
         log(f"setup done in {time.perf_counter() - t_start:.0f}s; measuring {', '.join(b.id for b in benches)} "
             f"× {s.reps} reps")
         run.warm_up(benches)

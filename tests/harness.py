@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import http.client
+import itertools
 import json
 import os
+import random
 import re
 import secrets
 import signal
@@ -18,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,10 +30,32 @@ VENV_BIN = Path(sys.executable).parent
 ATOLL = str(VENV_BIN / "atoll")
 
 
+# Under pytest-xdist, each worker draws ports from a slice of its own below the kernel's ephemeral range
+# (32768-60999 on Linux): a port handed out here stays unbound until the server starts, and meanwhile neither
+# another worker's ``free_port`` nor an outgoing connection's local port can land on it. Each run starts at a
+# slice of its own too (from its run id), so that two runs on one machine seldom share slices.
+_WORKER_PORTS_FIRST, _WORKER_PORTS_END, _WORKER_SLICES = 20000, 32768, 16
+_worker_port_turn = itertools.count(random.randrange(1 << 16))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1"... set by pytest-xdist in its workers
+    if not worker.startswith("gw"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    size = (_WORKER_PORTS_END - _WORKER_PORTS_FIRST) // _WORKER_SLICES
+    run = zlib.crc32(os.environ.get("PYTEST_XDIST_TESTRUNUID", "").encode())
+    first = _WORKER_PORTS_FIRST + (run + int(worker[2:])) % _WORKER_SLICES * size
+    for _ in range(size):
+        port = first + next(_worker_port_turn) % size
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + size - 1} for pytest-xdist worker {worker}")
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:

@@ -1,7 +1,8 @@
 """The admin HTTP application (``atoll.http.server.App``): a small JSON API and ``/metrics``.
 
-Every request carries ``Authorization: Bearer <token>`` (see atoll.admin.token); the check comes before
-routing, so an unauthenticated client learns nothing about the routes. Answers are JSON; every client mistake
+Every request carries ``Authorization: Bearer <token>`` (see atoll.admin.token), or is signed with SigV4 by an
+operator identity (atoll.admin.signin); the check comes before routing, so an unauthenticated client learns
+nothing about the routes. Answers are JSON; every client mistake
 is a 4xx ``{"error": {"code", "message"}}`` and never echoes a secret. Operator actions go through
 ``atoll.core.tiering.admin``, the same functions the CLI calls.
 
@@ -16,13 +17,12 @@ is a 4xx ``{"error": {"code", "message"}}`` and never echoes a secret. Operator 
     GET    /api/v1/jobs/{id}
     DELETE /api/v1/jobs/{id}                 cancel
     POST   /api/v1/drain/pause | /api/v1/drain/resume
+    ...    /api/v1/tenants, /api/v1/buckets/{bucket}/quota|qos, /api/v1/usage: see atoll.admin.governance
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import time
 from typing import Any, Awaitable, Callable
@@ -30,39 +30,23 @@ from urllib.parse import parse_qs, unquote
 
 from atoll import __version__, errors
 from atoll.admin import exporter, status
+from atoll.admin.governance import GovernanceApi
+from atoll.admin.jsonapi import (MAX_BODY, ApiError, boolean_field, error_response, json_body, json_response,
+                                 number_field, string_field, string_map_field, strings_field, unknown_fields)
+from atoll.admin.signin import is_signed, signed_operator
 from atoll.admin.token import token_matches
 from atoll.core.ingest import run_io
 from atoll.core.namespace import Namespace
 from atoll.core.tiering import admin
-from atoll.http.server import BodyTooLarge, Request, Response
+from atoll.http.server import Request, Response
 from atoll.server.accesslog import AccessLog
 
 log = logging.getLogger("atoll.admin")
 
-MAX_BODY = 64 << 10
 MAX_JOB_BODY = 16 << 20  # a staging job may list many keys
 JOB_KINDS = ("stage", "sync-index")
 
 Handler = Callable[[Request, dict], Awaitable[Response]]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or []
-
-
-def json_response(status: int, body: Any, headers: list[tuple[str, str]] | None = None) -> Response:
-    data = json.dumps(body, separators=(",", ":")).encode()
-    return Response(status=status, body=data, headers=[("Content-Type", "application/json"),
-                                                       ("Cache-Control", "no-store"), *(headers or [])])
-
-
-def error_response(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
-    return json_response(status, {"error": {"code": code, "message": message}}, headers)
 
 
 def _core_error_status(exc: errors.AtollError) -> int:
@@ -72,82 +56,6 @@ def _core_error_status(exc: errors.AtollError) -> int:
         if isinstance(exc, kind):
             return status_code
     return 400
-
-
-# request bodies ---------------------------------------------------------------------------------------------
-async def _json_body(request: Request, limit: int = MAX_BODY, required: bool = True) -> dict:
-    try:
-        raw = await request.read_body(limit)
-    except BodyTooLarge:
-        raise ApiError(413, "BodyTooLarge", f"The request body exceeds {limit} bytes.") from None
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "MissingBody", "This request needs a JSON object body.")
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "InvalidJSON", "The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "InvalidJSON", "The request body must be a JSON object.")
-    return body
-
-
-def _bad(name: str, expected: str) -> ApiError:
-    return ApiError(400, "InvalidArgument", f"{name!r} must be {expected}.")
-
-
-def _string(body: dict, name: str, default: str | None = None, required: bool = False) -> str | None:
-    value = body.get(name, default)
-    if value is None:
-        if required:
-            raise ApiError(400, "MissingField", f"{name!r} is required.")
-        return None
-    if not isinstance(value, str):
-        raise _bad(name, "a string")
-    return value
-
-
-def _boolean(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name, default)
-    if not isinstance(value, bool):
-        raise _bad(name, "true or false")
-    return value
-
-
-def _number(body: dict, name: str) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise _bad(name, "a positive number")
-    return float(value)
-
-
-def _strings(body: dict, name: str) -> list[str] | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _bad(name, "a list of strings")
-    return value
-
-
-def _string_map(body: dict, name: str) -> dict[str, str]:
-    value = body.get(name, {})
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and k.strip() and isinstance(v, str)
-                                              for k, v in value.items()):
-        raise _bad(name, "an object of string values")
-    return {k.strip().lower(): v for k, v in value.items()}
-
-
-def _unknown_fields(body: dict, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        names = ", ".join(repr(u[:64]) for u in unknown[:5])
-        raise ApiError(400, "UnknownField", f"Unknown field(s) {names}; expected {', '.join(allowed)}.")
 
 
 # the application --------------------------------------------------------------------------------------------
@@ -174,12 +82,17 @@ class AdminApp:
             (re.compile(r"/api/v1/jobs/(?P<job_id>[^/]+)"), "job", {"GET": self.get_job,
                                                                      "DELETE": self.cancel_job}),
             (re.compile(r"/api/v1/drain/(?P<action>pause|resume)"), "drain", {"POST": self.drain}),
+            *GovernanceApi(ns, started).routes(),
         ]
 
     # http.App ---------------------------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
         try:
-            if not token_matches(self._token, request.headers.get("authorization")):
+            authorization = request.headers.get("authorization")
+            if is_signed(authorization):
+                limit = MAX_JOB_BODY if request.raw_path.startswith("/api/v1/jobs") else MAX_BODY
+                await signed_operator(request, self.ns, limit)
+            elif not token_matches(self._token, authorization):
                 raise ApiError(401, "Unauthorized", "Send the admin token as 'Authorization: Bearer <token>'.",
                                [("WWW-Authenticate", 'Bearer realm="atoll-admin"')])
             handler, params = self._route(request)
@@ -239,13 +152,13 @@ class AdminApp:
                                                      await status.bucket_counts()))
 
     async def link(self, request: Request, params: dict) -> Response:
-        body = await _json_body(request)
-        _unknown_fields(body, ("url", "mode", "revalidate", "options", "check"))
-        url = _string(body, "url", required=True)
-        mode = _string(body, "mode", required=True)
-        revalidate = _string(body, "revalidate", "never")
-        options = _string_map(body, "options")
-        check = _boolean(body, "check", True)
+        body = await json_body(request)
+        unknown_fields(body, ("url", "mode", "revalidate", "options", "check"))
+        url = string_field(body, "url", required=True)
+        mode = string_field(body, "mode", required=True)
+        revalidate = string_field(body, "revalidate", "never")
+        options = string_map_field(body, "options")
+        check = boolean_field(body, "check", True)
         await admin.link_bucket(self.tier, params["bucket"], url, mode, revalidate=revalidate, options=options,
                                 check=check)
         return json_response(200, await status.bucket_status(self.tier, params["bucket"]))
@@ -259,10 +172,10 @@ class AdminApp:
         return json_response(200, {"bucket": bucket, "linked": False})
 
     async def add_group(self, request: Request, params: dict) -> Response:
-        body = await _json_body(request)
-        _unknown_fields(body, ("prefix", "markers"))
-        prefix = _string(body, "prefix", required=True)
-        group = await admin.add_group(self.tier, params["bucket"], prefix, _strings(body, "markers"))
+        body = await json_body(request)
+        unknown_fields(body, ("prefix", "markers"))
+        prefix = string_field(body, "prefix", required=True)
+        group = await admin.add_group(self.tier, params["bucket"], prefix, strings_field(body, "markers"))
         return json_response(200, {"bucket": group.bucket, "prefix": group.prefix, "markers": group.markers})
 
     async def list_jobs(self, request: Request, params: dict) -> Response:
@@ -275,19 +188,19 @@ class AdminApp:
         return json_response(200, {"jobs": [status.job_view(job) for job in jobs]})
 
     async def create_job(self, request: Request, params: dict) -> Response:
-        body = await _json_body(request, MAX_JOB_BODY)
-        _unknown_fields(body, ("kind", "bucket", "prefix", "keys", "pin", "pin_seconds", "priority"))
-        kind = _string(body, "kind", required=True)
+        body = await json_body(request, MAX_JOB_BODY)
+        unknown_fields(body, ("kind", "bucket", "prefix", "keys", "pin", "pin_seconds", "priority"))
+        kind = string_field(body, "kind", required=True)
         if kind not in JOB_KINDS:
             raise ApiError(400, "InvalidArgument", f"'kind' must be one of {', '.join(JOB_KINDS)}.")
-        bucket = _string(body, "bucket", required=True)
-        spec: dict[str, Any] = {"prefix": _string(body, "prefix", "")}
+        bucket = string_field(body, "bucket", required=True)
+        spec: dict[str, Any] = {"prefix": string_field(body, "prefix", "")}
         if kind == "stage":
-            keys = _strings(body, "keys")
+            keys = strings_field(body, "keys")
             if keys is not None:
                 spec["keys"] = keys
-            spec["pin"] = _boolean(body, "pin", False)
-            pin_seconds = _number(body, "pin_seconds")
+            spec["pin"] = boolean_field(body, "pin", False)
+            pin_seconds = number_field(body, "pin_seconds")
             if pin_seconds is not None:
                 spec["pin"] = True
                 spec["pin_seconds"] = pin_seconds
@@ -295,7 +208,7 @@ class AdminApp:
             raise ApiError(400, "InvalidArgument", "'keys', 'pin' and 'pin_seconds' apply to stage jobs only.")
         if await self.ns.meta.get_bucket(bucket) is None:
             raise errors.NoSuchBucket(f"no bucket named {bucket}", bucket=bucket)
-        job = await admin.create_job(self.tier, kind, bucket, spec, _string(body, "priority", "normal"))
+        job = await admin.create_job(self.tier, kind, bucket, spec, string_field(body, "priority", "normal"))
         return json_response(201, status.job_view(job), [("Location", f"/api/v1/jobs/{job.job_id}")])
 
     async def _job(self, job_id: str):

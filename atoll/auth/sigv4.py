@@ -58,8 +58,10 @@ __all__ = [
     "AuthContext",
     "AuthError",
     "clear_caches",
+    "derive_service_signing_key",
     "derive_signing_key",
     "verify_request",
+    "verify_service_request",
 ]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -126,7 +128,7 @@ class AuthContext:
 def clear_caches() -> None:
     """Forget cached signing keys and presigned verifications (for tests, and after rotating secrets)."""
     for cached in (derive_signing_key, hmac_sha256_hex, _parse_credential, _parse_signed_headers, _parse_amz_date,
-                   _cached_canonical_query, _reencode_component):
+                   _cached_canonical_query, _reencode_component, derive_service_signing_key):
         cached.cache_clear()
     _presigned_cache.clear()
 
@@ -590,3 +592,58 @@ def _parse_http_date(value: str | None) -> tuple[str, float]:
         return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(timestamp)), float(timestamp)
     except (OverflowError, ValueError, OSError):
         raise AuthError("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header") from None
+
+
+# --- other services (the admin API) -----------------------------------------------------------------------------
+
+@lru_cache(maxsize=64)
+def derive_service_signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """The SigV4 signing key of any service (``derive_signing_key`` is this with "s3")."""
+    key = hmac.digest(("AWS4" + secret).encode("utf-8"), date.encode("ascii"), "sha256")
+    key = hmac.digest(key, region.encode("utf-8", "surrogateescape"), "sha256")
+    key = hmac.digest(key, service.encode("utf-8", "surrogateescape"), "sha256")
+    return hmac.digest(key, b"aws4_request", "sha256")
+
+
+def verify_service_request(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str],
+                           body_sha256: str, secret_for: Callable[[str], str | None], now: float,
+                           max_skew: float = 900.0) -> tuple[str, str]:
+    """SigV4 header authentication for an API other than S3 (the admin API), as curl's ``--aws-sigv4`` and the
+    AWS SDKs sign it: the credential scope may name any service, and the caller hashes the (small) body it has
+    read, because such clients need not send ``x-amz-content-sha256``; when sent, it must be that hash or
+    UNSIGNED-PAYLOAD. Returns (access key, region of the scope); raises AuthError."""
+    authorization = headers.get("authorization") or ""
+    credential, signed_headers, signature = _parse_authorization(authorization)
+    parts = credential.rsplit("/", 4)
+    if len(parts) != 5 or not all(parts) or len(parts[1]) != 8 or not parts[1].isascii() \
+            or not parts[1].isdigit() or parts[4] != "aws4_request":
+        raise AuthError("AuthorizationHeaderMalformed", "The Credential is malformed; expecting "
+                        "\"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".")
+    access_key, scope_date, region, service, _ = parts
+    signed_names = _parse_signed_headers(signed_headers, "AuthorizationHeaderMalformed")
+    amz_date = headers.get("x-amz-date")
+    if amz_date is not None:
+        timestamp = _parse_amz_date(amz_date)
+        if timestamp is None:
+            raise AuthError("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
+    else:
+        amz_date, timestamp = _parse_http_date(headers.get("date"))
+    if scope_date != amz_date[:8]:
+        raise AuthError("AuthorizationHeaderMalformed", "The authorization header is malformed; Invalid "
+                        "credential date. Date is not the same as X-Amz-Date.")
+    if abs(now - timestamp) > max_skew:
+        raise AuthError("RequestTimeTooSkewed",
+                        "The difference between the request time and the current time is too large.")
+    declared = headers.get("x-amz-content-sha256")
+    if declared is not None and declared != UNSIGNED_PAYLOAD and declared.lower() != body_sha256:
+        raise AuthError("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match "
+                        "what was computed.")
+    _reject_unsigned_amz_headers(headers, signed_names, ())
+    secret = secret_for(access_key)
+    if secret is None:
+        raise AuthError("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+    signing_key = derive_service_signing_key(secret, scope_date, region, service)
+    _check_signature(signature, signing_key, amz_date, f"{scope_date}/{region}/{service}/aws4_request",
+                     access_key, method, raw_path or "/", raw_query, None, _canonical_headers(signed_names, headers),
+                     signed_headers, (declared if declared is not None else body_sha256,))
+    return access_key, region

@@ -21,10 +21,12 @@ from atoll.blob import errors as blob_errors
 from atoll.blob.context import BlobContext
 from atoll.blob.errors import BlobError
 from atoll.blob.router import route
-from atoll.core.models import Identity
+from atoll.core.models import Bucket, Identity
 from atoll.core.namespace import Namespace
+from atoll.core.qos import Governor
 from atoll.http.query import parse_query
 from atoll.http.server import BodyTooLarge, ClientGone, Request, Response
+from atoll.server import throttle
 from atoll.server.accesslog import AccessLog
 
 # Answered when a request names no x-ms-version (anonymous browser reads do not): the newest this code follows.
@@ -46,16 +48,18 @@ def _parse_query(raw: str) -> dict[str, str]:
                         400) from None
 
 
-def anonymous_reader(bucket_owner: str) -> Identity:
-    """The identity an anonymous read of a public container runs as: the container's owner, for reads only
-    (the app routes nothing else for an anonymous caller)."""
-    return Identity(access_key="", secret_key="", owner_id=bucket_owner, display_name="anonymous", created=0.0)
+def anonymous_reader(bucket: Bucket) -> Identity:
+    """The identity an anonymous read of a public container runs as: a read-only member of the container's
+    tenant, scoped to that container (the app routes nothing else for an anonymous caller)."""
+    return Identity(access_key="", secret_key="", owner_id=bucket.owner_id, display_name="anonymous", created=0.0,
+                    tenant=bucket.tenant, role="read", scopes=(bucket.name,))
 
 
 class BlobApp:
     def __init__(self, ns: Namespace, *, domains: tuple[str, ...] = (), access_log: AccessLog | None = None,
-                 max_skew: float = sharedkey.MAX_CLOCK_SKEW) -> None:
+                 max_skew: float = sharedkey.MAX_CLOCK_SKEW, governor: Governor | None = None) -> None:
         self.ns = ns
+        self.governor = governor
         self.domains = tuple(d.lower().strip(".") for d in domains if d)
         self.access_log = access_log
         self.max_skew = max_skew
@@ -76,7 +80,11 @@ class BlobApp:
             await self._authenticate(ctx)
             if handler is None:
                 raise self._unroutable(operation)
+            caller = ctx.identity or ctx.public_reader
+            ticket = None if self.governor is None or caller is None else await throttle.admit(
+                self.governor, request, caller.tenant, ctx.container, request.content_length or 0)
             response = await handler(ctx)
+            throttle.charge(ticket, response)
         except BlobError as exc:
             response = blob_errors.error_response(exc.code, exc.message, exc.status, request.id, head=head,
                                                   headers=exc.headers)
@@ -195,7 +203,7 @@ class BlobApp:
                 allowed = _PUBLIC_CONTAINER_READS if level == "container" else \
                     _PUBLIC_BLOB_READS if level == "blob" else frozenset()
                 if ctx.operation in allowed and (ctx.blob is not None or level == "container"):
-                    ctx.public_reader = anonymous_reader(bucket.owner_id)
+                    ctx.public_reader = anonymous_reader(bucket)
                     return
             raise BlobError("ResourceNotFound", "The specified resource does not exist.", 404)
         raise BlobError("NoAuthenticationInformation", "Server failed to authenticate the request. Please refer "

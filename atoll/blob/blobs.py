@@ -354,7 +354,8 @@ async def put_blob(ctx: BlobContext) -> Response:
     try:
         version = await ctx.ns.put_object(ctx.identity, ctx.container, ctx.blob, http.body_chunks(), headers=stored,
                                           user_meta=meta, algorithms={"crc64nvme"}, verify=verify,
-                                          condition=write_condition(ctx), lease_id=lease_id_of(ctx))
+                                          condition=write_condition(ctx), lease_id=lease_id_of(ctx),
+                                          declared_size=http.content_length)
     except errors.PreconditionFailed as exc:
         if exc.detail.get("condition") == "If-None-Match":
             raise BlobError("BlobAlreadyExists", "The specified blob already exists.", 409) from None

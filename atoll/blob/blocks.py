@@ -60,7 +60,8 @@ async def put_block(ctx: BlobContext) -> Response:
 
     block = await ctx.ns.put_block(ctx.identity, ctx.container, ctx.blob, block_id, ctx.http.body_chunks(),
                                    verify=verify_crc64, content_md5=content_md5,
-                                   algorithms={"crc64nvme"} if expected_crc64 is not None else set())
+                                   algorithms={"crc64nvme"} if expected_crc64 is not None else set(),
+                                   declared_size=ctx.http.content_length)
     out = [("Content-MD5", base64.b64encode(bytes.fromhex(block.md5)).decode()),
            ("x-ms-request-server-encrypted", "false")]
     if expected_crc64 is not None:

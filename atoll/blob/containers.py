@@ -41,10 +41,11 @@ def _public_access(ctx: BlobContext) -> str:
     return value
 
 
-async def _properties(ctx: BlobContext) -> tuple[BucketProperties, float]:
+async def _properties(ctx: BlobContext, action: str = "read") -> tuple[BucketProperties, float]:
     """The container's properties and its modification time (its creation while its properties were never
-    set); ContainerNotFound, or AccessDenied for another owner's container."""
-    bucket = await ctx.ns.bucket_for(ctx.actor, ctx.container)
+    set); ContainerNotFound, or AccessDenied for another tenant's container or a caller who may not ``action``
+    (read | admin) on it."""
+    bucket = await ctx.ns.bucket_for(ctx.actor, ctx.container, action)
     props = await ctx.ns.bucket_properties(ctx.container)
     return props, max(props.modified, bucket.created)
 
@@ -76,7 +77,7 @@ async def delete_container(ctx: BlobContext) -> Response:
     first, a page at a time (another writer racing the delete makes it fail with a conflict, not lose data
     silently)."""
     ctx.require("d")
-    await _properties(ctx)
+    await _properties(ctx, "admin")
     await check_lease(ctx, ctx.container, None)
     _check_modified_conditions(ctx, await _modified(ctx))
     identity = ctx.identity
@@ -141,7 +142,7 @@ async def get_container_metadata(ctx: BlobContext) -> Response:
 
 async def set_container_metadata(ctx: BlobContext) -> Response:
     ctx.require("w")
-    props, modified = await _properties(ctx)
+    props, modified = await _properties(ctx, "admin")
     await check_lease(ctx, ctx.container, None)
     if "if-unmodified-since" in ctx.headers or "if-match" in ctx.headers or "if-none-match" in ctx.headers:
         raise BlobError("UnsupportedHeader", "One of the HTTP headers specified in the request is not supported.",
@@ -208,7 +209,7 @@ async def set_container_acl(ctx: BlobContext) -> Response:
     if ctx.sas is not None:
         raise BlobError("AuthorizationPermissionMismatch", "Only the account key may change a container's ACL.",
                         403)
-    props, modified = await _properties(ctx)
+    props, modified = await _properties(ctx, "admin")
     await check_lease(ctx, ctx.container, None)
     _check_modified_conditions(ctx, modified)
     props.public_access = _public_access(ctx)

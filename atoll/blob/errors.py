@@ -52,8 +52,10 @@ _TABLE: dict[type, tuple[str, int]] = {
     errors.InvalidArgument: ("InvalidInput", 400),
     errors.InvalidRequest: ("InvalidInput", 400),
     errors.ReadOnlyBucket: ("AuthorizationPermissionMismatch", 403),
+    errors.QuotaExceeded: ("QuotaExceeded", 403),
     errors.AccessDenied: ("AuthorizationPermissionMismatch", 403),
     errors.InsufficientStorage: ("ServerBusy", 503),
+    errors.Throttled: ("ServerBusy", 503),
     errors.ColdStoreUnavailable: ("ServerBusy", 503),
     errors.Unavailable: ("ServerBusy", 503),
 }

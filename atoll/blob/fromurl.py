@@ -138,7 +138,7 @@ async def put_block_from_url(ctx: BlobContext) -> Response:
     source.byte_range = fromurl.parse_range(ctx.headers.get("x-ms-source-range"))
     expect_md5 = fromurl.md5_header(ctx.headers.get("x-ms-source-content-md5"))
     await check_lease(ctx, ctx.container, ctx.blob)
-    await ctx.ns.bucket_for(ctx.identity, ctx.container)
+    await ctx.ns.bucket_for(ctx.identity, ctx.container, "write", ctx.blob)
     opened = await _copying(ctx, fromurl.open_source(ctx.ns, ctx.identity, source, ctx.container))
     try:
         if opened.size > MAX_BLOCK_FROM_URL:

@@ -34,7 +34,9 @@ async def lease_states(ctx: BlobContext, container: str, blobs: list[str]) -> di
 async def check_lease(ctx: BlobContext, container: str, blob: str | None) -> None:
     """The hook ``atoll.blob.common.check_lease`` calls before a write the namespace does not check itself (set
     metadata or properties): the request's x-ms-lease-id must name the held lease (412 LeaseIdMissing, ...).
-    Namespace writes that take ``lease_id`` check it themselves: pass ``lease_id=lease_id_of(ctx)`` to them."""
+    Namespace writes that take ``lease_id`` check it themselves: pass ``lease_id=lease_id_of(ctx)`` to them.
+    The caller's permission is checked first, so another tenant learns nothing from a lease's answer."""
+    await ctx.ns.bucket_for(ctx.identity, container, "write" if blob else "admin", blob)
     lease_id = lease_id_of(ctx)
     if blob is None and lease_id is None and ctx.operation != "DeleteContainer":
         return  # Azure: only Delete Container needs the container's lease; other container writes may name it
@@ -86,6 +88,6 @@ async def lease_container(ctx: BlobContext) -> Response:
     ctx.require("w")
     request = _request(ctx)
     outcome = await ctx.ns.lease(ctx.identity, ctx.container, "", request)
-    bucket = await ctx.ns.bucket_for(ctx.identity, ctx.container)
+    bucket = await ctx.ns.bucket_for(ctx.identity, ctx.container, "read")
     modified = max((await ctx.ns.bucket_properties(ctx.container)).modified, bucket.created)  # as Get Properties
     return _answer(request, outcome, common.container_etag(modified), modified)

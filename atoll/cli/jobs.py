@@ -177,7 +177,7 @@ def follow_job(config: Config, job_id: str, json_output: bool = False) -> int:
     """Follow a job until it ends, with a progress bar on a terminal (plain lines otherwise); with
     ``json_output`` the final job record is printed as JSON. Returns the exit code: 0 done, 1 failed, 2
     cancelled, 130 when the operator stopped following with Ctrl-C (the job goes on)."""
-    from atoll.server.lifecycle import StartupError, open_stores
+    from atoll.server.stores import StartupError, open_stores
 
     try:
         meta, _ = open_stores(config)

@@ -49,7 +49,7 @@ def _config(config_file: Optional[str], **flags: Any) -> Config:
 
 def _with_store(config: Config, fn):
     """Run ``fn(namespace)`` against the metadata store of ``config``'s data directory."""
-    from atoll.server.lifecycle import StartupError, build_namespace, open_stores
+    from atoll.server.stores import StartupError, build_namespace, open_stores
 
     try:
         meta, data = open_stores(config)
@@ -109,6 +109,12 @@ def key_create(
     name: str = typer.Option(..., "--name", help="Display name of the new identity."),
     account: Optional[str] = typer.Option(None, "--account", help="Also an Azure Blob account of this name (3-24 "
                                           "lower-case letters and digits), with a new base64 key."),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="The tenant it joins (default: a new tenant of its "
+                                         "own, named after the access key)."),
+    role: str = typer.Option("admin", "--role", help="read, write (read + write objects) or admin (write + create, "
+                             "delete and configure buckets)."),
+    scope: list[str] = typer.Option([], "--scope", help="BUCKET or BUCKET/PREFIX it is limited to (repeatable; "
+                                    "default: every bucket of its tenant)."),
     as_json: bool = typer.Option(False, "--json", help="Print the identity as one JSON object."),
     config_file: Optional[str] = ConfigOpt,
     data_dir: Optional[str] = DataDirOpt,
@@ -116,28 +122,38 @@ def key_create(
     """Create an identity with a new access key and secret (and, with --account, a Blob account and key)."""
     if not name.strip() or len(name) > 128:
         _fail("--name must be 1 to 128 characters")
+    if role not in ("read", "write", "admin"):
+        _fail(f"--role must be read, write or admin, not {role!r}")
     config = _config(config_file, data_dir=data_dir)
 
     async def create(ns):
-        from atoll.errors import InvalidArgument
+        from atoll.errors import InvalidArgument, InvalidBucketName, NoSuchTenant
 
         try:
-            return await ns.create_identity(name, account_name=account or "")
+            return await ns.create_identity(name, account_name=account or "", tenant=tenant, role=role,
+                                            scopes=scope)
+        except NoSuchTenant:
+            return f"--tenant: no tenant named {tenant} (create it with: atoll tenant create {tenant})"
+        except InvalidBucketName:
+            return f"--scope: {', '.join(scope)}: a scope is BUCKET or BUCKET/PREFIX with a valid bucket name"
         except InvalidArgument as exc:
             return exc.message
 
     identity = _with_store(config, create)
     if isinstance(identity, str):
-        _fail(f"--account: {identity}")
+        _fail(identity)
     record = {"access_key_id": identity.access_key, "secret_access_key": identity.secret_key,
-              "owner_id": identity.owner_id, "display_name": identity.display_name}
+              "owner_id": identity.owner_id, "display_name": identity.display_name, "tenant": identity.tenant,
+              "role": identity.role, "scopes": list(identity.scopes)}
     if identity.account_name:
         record.update(account_name=identity.account_name, account_key=identity.account_key)
     if as_json:
         sys.stdout.write(json.dumps(record) + "\n")
         return
     console.print(f"access key id:     {identity.access_key}\nsecret access key: {identity.secret_key}\n"
-                  f"owner id:          {identity.owner_id}\ndisplay name:      {identity.display_name}",
+                  f"owner id:          {identity.owner_id}\ndisplay name:      {identity.display_name}\n"
+                  f"tenant:            {identity.tenant}\nrole:              {identity.role}"
+                  + (f"\nscopes:            {', '.join(identity.scopes)}" if identity.scopes else ""),
                   highlight=False)
     if identity.account_name:
         console.print(f"account name:      {identity.account_name}\naccount key:       {identity.account_key}",
@@ -153,11 +169,13 @@ def key_list(as_json: bool = typer.Option(False, "--json"), config_file: Optiona
     if as_json:
         sys.stdout.write(json.dumps([{"access_key_id": i.access_key, "owner_id": i.owner_id,
                                       "display_name": i.display_name, "root": i.is_root,
-                                      "account_name": i.account_name} for i in identities]) + "\n")
+                                      "account_name": i.account_name, "tenant": i.tenant, "role": i.role,
+                                      "scopes": list(i.scopes)} for i in identities]) + "\n")
         return
-    table = Table("access key id", "display name", "owner id", "root")
+    table = Table("access key id", "display name", "owner id", "root", "tenant", "role", "scopes")
     for i in identities:
-        table.add_row(i.access_key, i.display_name, i.owner_id[:16] + "…", "yes" if i.is_root else "")
+        table.add_row(i.access_key, i.display_name, i.owner_id[:16] + "…", "yes" if i.is_root else "", i.tenant,
+                      i.role, ", ".join(i.scopes))
     console.print(table)
 
 
@@ -197,6 +215,8 @@ def _identity_for(ns, owner: Optional[str]):
 @bucket_app.command("create")
 def bucket_create(name: str, owner: Optional[str] = typer.Option(None, "--owner", help="Access key or display name "
                                                                   "of the owner (default root)."),
+                  tenant: Optional[str] = typer.Option(None, "--tenant", help="The tenant it belongs to (default: "
+                                                       "the owner's)."),
                   config_file: Optional[str] = ConfigOpt, data_dir: Optional[str] = DataDirOpt) -> None:
     """Create a bucket."""
     from atoll import errors
@@ -208,7 +228,9 @@ def bucket_create(name: str, owner: Optional[str] = typer.Option(None, "--owner"
         if identity is None:
             return "no such owner (start the server once to create the root identity)"
         try:
-            await ns.create_bucket(identity, name)
+            await ns.create_bucket(identity, name, tenant=tenant)
+        except errors.NoSuchTenant:
+            return f"no tenant named {tenant}"
         except errors.AtollError as exc:
             return exc.message
         return None
@@ -406,6 +428,12 @@ def bucket_sync_index(
 from atoll.cli import status as _status  # noqa: E402,F401 - atoll status, atoll drain
 from atoll.cli import jobs as _jobs  # noqa: E402,F401 - atoll stage, atoll jobs
 from atoll.cli import fsck as _fsck  # noqa: E402,F401 - atoll fsck
+from atoll.cli import tenants as _tenants  # noqa: E402 - atoll tenant
+app.add_typer(_tenants.app, name="tenant")
+from atoll.cli import qos as _qos  # noqa: E402 - atoll qos
+app.add_typer(_qos.app, name="qos")
+from atoll.cli import quota as _quota  # noqa: E402 - atoll quota
+app.add_typer(_quota.app, name="quota")
 
 
 def main() -> None:
@@ -414,3 +442,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+from atoll.cli import usage as _usage  # noqa: E402,F401 - atoll usage

@@ -41,7 +41,7 @@ async def start_copy(ns: Namespace, identity: Identity, source: fromurl.UrlSourc
     completed at once, pending when it runs on). ``user_meta`` None: the source's. ``lease_id``: the destination's
     lease, named at the start; the copy writes under it when it finishes."""
     fromurl.parse_source_url(source.url)
-    await ns.bucket_for(identity, bucket)
+    await ns.bucket_for(identity, bucket, "write", key)
     now = time.time()
     state = CopyState(bucket=bucket, key=key, copy_id=str(uuid.uuid4()), source=fromurl.redacted(source.url),
                       status="pending", started=now, heartbeat=now)
@@ -144,7 +144,7 @@ async def copy_state(ns: Namespace, version: ObjectVersion) -> CopyState | None:
 
 async def abort_copy(ns: Namespace, identity: Identity, bucket: str, key: str, copy_id: str) -> None:
     """Abort a pending copy. Raises Conflict with code NoPendingCopyOperation or CopyIdMismatch."""
-    await ns.bucket_for(identity, bucket)
+    await ns.bucket_for(identity, bucket, "write", key)
     state = await ns.meta.get_copy(bucket, key)
     if state is None or state.status != "pending":
         raise errors.Conflict("There is currently no pending copy operation.", code="NoPendingCopyOperation")

@@ -175,7 +175,7 @@ async def locate(ns: Namespace, identity: Identity, source: UrlSource, dest_buck
     if not source.requester_reads(bucket, key):
         return None
     try:
-        await ns.bucket_for(identity, bucket)
+        await ns.bucket_for(identity, bucket, "read", key)
     except errors.NoSuchBucket:
         raise CopySourceError("The specified container does not exist.", 404, 404, "ContainerNotFound") from None
     except errors.AccessDenied:

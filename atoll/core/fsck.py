@@ -21,7 +21,8 @@ removal of one file):
   relinking drains them), entries naming a version that is no longer current (``drain_replaced``: finished),
   entries failing for a long time (``drain_failing``: reported with the last error), and claims held while no
   server runs (``drain_claim``: information only, the next start voids them; repair voids them now).
-- the resident-bytes counter against the rows (``resident_bytes``): recomputed.
+- the resident-bytes counter against the rows (``resident_bytes``): recomputed. Likewise each bucket's usage
+  counters (bytes and objects, which quotas are checked against) (``usage``).
 
 Beside a running server (``online``) the check is safe and so is the repair: files changed within ``grace``
 seconds are writes in flight, not leftovers; temp files of live processes are left alone; claims belong to the
@@ -158,6 +159,7 @@ class Fsck:
         await self._check_fills()
         await self._check_drain()
         await self._check_counter()
+        await self._check_usage()
         await self._check_temp_files()
         await self._check_blob_files()
         self.report.seconds = time.monotonic() - started
@@ -417,6 +419,17 @@ class Fsck:
                                         f"resident versions add up to {actual}", action="recompute the counter"))
             if self.repair:
                 await self.meta.recount_resident_bytes()
+                finding.repaired = True
+
+    async def _check_usage(self) -> None:
+        wrong = await self.meta.count_usage()
+        findings = [self._add(Finding("usage", WARNING, f"the usage counters say {counted[0]} bytes in {counted[1]} "
+                                      f"objects, the rows add up to {actual[0]} bytes in {actual[1]} objects",
+                                      bucket=bucket, action="recompute the counters"))
+                    for bucket, counted, actual in wrong]
+        if findings and self.repair:
+            await self.meta.recount_usage()
+            for finding in findings:
                 finding.repaired = True
 
     # files --------------------------------------------------------------------------------------------------

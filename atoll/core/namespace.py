@@ -36,6 +36,8 @@ from atoll.core import blocks as blk
 from atoll.core.models import Block
 from atoll.core.models import BucketProperties
 from atoll.core import leases
+from atoll.core import quota
+from atoll.core import permissions
 from atoll.core.tiering.listing import list_linked
 from atoll.stores.data.base import DataStore
 from atoll.stores.cold.store import Traffic, cold_path
@@ -174,6 +176,8 @@ class Namespace:
         self._bucket_properties: _HitCache[BucketProperties] = _HitCache(_BUCKET_TTL)
         self._buckets: _HitCache[Bucket] = _HitCache(_BUCKET_TTL)
         self._tenants: _HitCache[Tenant] = _HitCache(_BUCKET_TTL)
+        self._quota_admission = quota.Admission()
+        self.governor = None  # atoll.core.qos.Governor of a serving process (rate limits, counters)
         self._gc_task: asyncio.Task | None = None
         self.small_cache_bytes = small_cache_bytes
         self._small_objects: OrderedDict[str, bytes] = OrderedDict()
@@ -223,26 +227,32 @@ class Namespace:
     async def _bucket(self, name: str) -> Bucket | None:
         return await self._buckets.get(name, self.meta.get_bucket)
 
-    async def bucket_for(self, identity: Identity | None, name: str) -> Bucket:
-        """The bucket if it exists and ``identity`` may use it; NoSuchBucket or AccessDenied otherwise."""
+    async def bucket_for(self, identity: Identity | None, name: str, action: str = "read", key: str | None = None,
+                         prefix: str | None = None) -> Bucket:
+        """The bucket if it exists and ``identity`` may do ``action`` (read | write | admin) there, on ``key`` or
+        listing under ``prefix`` when given (atoll.core.permissions); NoSuchBucket or AccessDenied otherwise."""
         bucket = await self._bucket(name)
         if bucket is None:
             raise errors.NoSuchBucket(bucket=name)
-        if identity is None or not (identity.operator or identity.tenant == bucket.tenant):
-            raise errors.AccessDenied(bucket=name)
+        permissions.authorize(identity, bucket, action, key, prefix)
         return bucket
 
     async def tenant(self, name: str) -> Tenant | None:
         """A tenant's settings, cached for a second (limits set from the CLI reach every worker within it)."""
         return await self._tenants.get(name, self.meta.get_tenant)
 
-    async def create_bucket(self, identity: Identity, name: str, region: str | None = None) -> Bucket:
+    async def create_bucket(self, identity: Identity, name: str, region: str | None = None, *,
+                            tenant: str | None = None) -> Bucket:
+        """``tenant``: an operator creating the bucket for another tenant (the CLI's --tenant); else the
+        bucket belongs to the creator's tenant."""
         validate_bucket_name(name)
+        if not permissions.may_create_bucket(identity, name) or (tenant is not None and not identity.operator):
+            raise errors.AccessDenied(f"Access Denied: the identity may not create bucket {name}.", bucket=name)
         if region and region != self.region:
             raise errors.InvalidArgument(f"This island serves region {self.region}; LocationConstraint "
                                          f"{region} is not available.", code="InvalidLocationConstraint")
         bucket = Bucket(name=name, owner_id=identity.owner_id, created=time.time(), region=self.region,
-                        tenant=identity.tenant)
+                        tenant=tenant or identity.tenant)
         await self.meta.create_bucket(bucket)
         self._buckets.forget(name)
         return bucket
@@ -254,7 +264,7 @@ class Namespace:
         return found if found is not None else BucketProperties(name)
 
     async def set_bucket_properties(self, identity: Identity, props: BucketProperties) -> BucketProperties:
-        await self.bucket_for(identity, props.bucket)
+        await self.bucket_for(identity, props.bucket, "admin")
         if props.public_access not in PUBLIC_ACCESS_LEVELS:
             raise errors.InvalidArgument(f"Public access level {props.public_access[:32]!r} is not valid.")
         props.modified = time.time()
@@ -263,10 +273,11 @@ class Namespace:
         return props
 
     async def list_buckets(self, identity: Identity) -> list[Bucket]:
-        return await self.meta.list_buckets(None if identity.operator else identity.tenant)
+        return permissions.visible_buckets(
+            identity, await self.meta.list_buckets(None if identity.operator else identity.tenant))
 
     async def delete_bucket(self, identity: Identity, name: str, *, lease_id: str | None = None) -> None:
-        await self.bucket_for(identity, name)
+        await self.bucket_for(identity, name, "admin")
         await self.check_lease(name, "", lease_id)
         await self.meta.delete_bucket(name)
         self._buckets.forget(name)
@@ -274,7 +285,7 @@ class Namespace:
 
     # reading -----------------------------------------------------------------------------------------
     async def head_object(self, identity: Identity | None, bucket: str, key: str) -> ObjectVersion:
-        found = await self.bucket_for(identity, bucket)
+        found = await self.bucket_for(identity, bucket, "read", key)
         version = await self.meta.get_object(bucket, key)
         if self.tier is not None:
             link = await self.tier.link(bucket)
@@ -407,6 +418,28 @@ class Namespace:
         raise errors.InsufficientStorage("The warm tier is full of data not yet safe in the cold store (or pinned); "
                                          "retry later.", retry_after=5)
 
+    async def _quota_hold(self, bucket: str, declared: int | None, key: str | None = None) -> Callable[[], None]:
+        """Early quota admission (atoll.core.quota): refuse at once a body of ``declared`` bytes (None: unknown)
+        that cannot fit, and hold its bytes until the returned release is called (when the body is stored).
+        ``key``: the write replaces that key's version, whose bytes it frees; only a new key adds an object."""
+        found = await self._bucket(bucket)
+        tenant = await self.tenant(found.tenant) if found is not None else None
+        scopes = []
+        for kind, name, limits in (("bucket", bucket, found.limits if found else None),
+                                   ("tenant", found.tenant if found else "", tenant.limits if tenant else None)):
+            if limits is not None and (limits.max_bytes or limits.max_objects):
+                usage = await (self.meta.bucket_usage(name) if kind == "bucket" else self.meta.tenant_usage(name))
+                scopes.append(quota.Scope(kind, name, limits.max_bytes, limits.max_objects, *usage))
+        if not scopes:
+            return _nothing_held
+        growth, new_objects = declared or 0, 0
+        if key is not None:
+            current = await self.meta.get_object(bucket, key)
+            growth -= current.size if current is not None else 0
+            new_objects = 0 if current is not None else 1
+        held = self._quota_admission.admit(scopes, bucket, growth, new_objects)
+        return lambda: self._quota_admission.release(held, growth)
+
     async def _stage_verified(self, body: AsyncIterator[bytes], algorithms: set[str], verify: Verifier,
                               max_size: int) -> tuple[ingest.StagedBlob, dict[str, str]]:
         await self._admit_write()
@@ -516,13 +549,19 @@ class Namespace:
     async def put_object(self, identity: Identity, bucket: str, key: str, body: AsyncIterator[bytes], *,
                          headers: dict[str, str], user_meta: dict[str, str], algorithms: set[str],
                          verify: Verifier, condition: WriteCondition | None = None,
-                         lease_id: str | None = None) -> ObjectVersion:
+                         lease_id: str | None = None, declared_size: int | None = None) -> ObjectVersion:
+        """``declared_size``: the body's length as the client announced it (None: unknown), for early quota
+        admission; the quota check at commit is exact either way."""
         validate_key(key)
-        await self.bucket_for(identity, bucket)
+        await self.bucket_for(identity, bucket, "write", key)
         await self.check_lease(bucket, key, lease_id)
         link = await self._write_link(bucket, key)
         await self._check_write_condition(bucket, key, condition)
-        staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)
+        release = await self._quota_hold(bucket, declared_size, key)
+        try:
+            staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)
+        finally:
+            release()
         version = ObjectVersion(
             bucket=bucket, key=key, version_id=staged.blob_id, size=staged.size,
             etag=staged.digests["md5"].hex(), last_modified=time.time(), headers=headers, user_meta=user_meta,
@@ -533,7 +572,7 @@ class Namespace:
 
     async def delete_object(self, identity: Identity, bucket: str, key: str, *, lease_id: str | None = None) -> None:
         validate_key(key)
-        await self.bucket_for(identity, bucket)
+        await self.bucket_for(identity, bucket, "write", key)
         await self.check_lease(bucket, key, lease_id)
         link = await self._write_link(bucket, key)
         journal = await self._delete_linked(link, key)
@@ -543,13 +582,15 @@ class Namespace:
     async def delete_objects(self, identity: Identity, bucket: str, keys: Sequence[str], *,
                              despite_leases: bool = False) -> list[str | None]:
         """Delete many keys at once; per key None on success or an error message (invalid key, LeaseIdMissing).
-        ``despite_leases``: leased keys go too (Azure's Delete Container removes leased blobs)."""
-        await self.bucket_for(identity, bucket)
+        ``despite_leases``: leased keys go too (Azure's Delete Container removes leased blobs). A key the identity
+        may not write is refused alone ("AccessDenied"), as S3 does."""
+        found = await self.bucket_for(identity, bucket, "read")
         outcome: list[str | None] = []
         valid = []
         for key in keys:
             try:
                 validate_key(key)
+                permissions.authorize(identity, found, "write", key)
                 outcome.append(None)
                 valid.append(key)
             except errors.AtollError as exc:
@@ -583,7 +624,7 @@ class Namespace:
         validate_key(key)
         src = await self.head_object(identity, source.bucket, source.key)
         check_conditions(source.conditions, src.etag, src.last_modified) if not source.conditions.empty else None
-        await self.bucket_for(identity, bucket)
+        await self.bucket_for(identity, bucket, "write", key)
         await self.check_lease(bucket, key, lease_id)
         link = await self._write_link(bucket, key)
         if src.residency != RESIDENT:
@@ -602,6 +643,7 @@ class Namespace:
             self._after_linked_write(link, key)
             return replaced
         await self._check_write_condition(bucket, key, condition)
+        (await self._quota_hold(bucket, src.size, key))()
         await self._admit_write()
         new_extents = []
         try:
@@ -633,7 +675,7 @@ class Namespace:
     # listing -----------------------------------------------------------------------------------------
     async def list_objects(self, identity: Identity | None, bucket: str, *, prefix: str, delimiter: str,
                            start_after: str, max_keys: int) -> ListPage:
-        found = await self.bucket_for(identity, bucket)
+        found = await self.bucket_for(identity, bucket, "read", prefix=prefix)
         if self.tier is not None:
             link = await self.tier.link(bucket)
             if link is not None:
@@ -647,7 +689,7 @@ class Namespace:
                             user_meta: dict[str, str], checksum_algorithm: str = "",
                             checksum_type: str = "") -> Upload:
         validate_key(key)
-        await self.bucket_for(identity, bucket)
+        await self.bucket_for(identity, bucket, "write", key)
         await self._write_link(bucket, key)
         # Hex, not base64: an id starting with '-' is read as an option by command-line clients (aws s3api).
         upload = Upload(upload_id=secrets.token_hex(24), bucket=bucket, key=key, initiated=time.time(),
@@ -656,8 +698,9 @@ class Namespace:
         await self.meta.create_upload(upload)
         return upload
 
-    async def upload_for(self, identity: Identity, bucket: str, key: str, upload_id: str) -> Upload:
-        await self.bucket_for(identity, bucket)
+    async def upload_for(self, identity: Identity, bucket: str, key: str, upload_id: str,
+                         action: str = "write") -> Upload:
+        await self.bucket_for(identity, bucket, action, key)
         upload = await self.meta.get_upload(upload_id)
         if upload is None or upload.bucket != bucket or upload.key != key:
             raise errors.NoSuchUpload(upload_id=upload_id)
@@ -669,12 +712,17 @@ class Namespace:
             raise errors.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive.")
 
     async def upload_part(self, identity: Identity, bucket: str, key: str, upload_id: str, part_number: int,
-                          body: AsyncIterator[bytes], *, algorithms: set[str], verify: Verifier) -> Part:
+                          body: AsyncIterator[bytes], *, algorithms: set[str], verify: Verifier,
+                          declared_size: int | None = None) -> Part:
         self._check_part_number(part_number)
         upload = await self.upload_for(identity, bucket, key, upload_id)
         if upload.checksum_algorithm:
             algorithms = {*algorithms, upload.checksum_algorithm}
-        staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)
+        release = await self._quota_hold(bucket, declared_size)
+        try:
+            staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)
+        finally:
+            release()
         if upload.checksum_algorithm and upload.checksum_algorithm not in stored:
             stored[upload.checksum_algorithm] = cks.b64(staged.digests[upload.checksum_algorithm])
         part = Part(upload_id=upload_id, part_number=part_number, size=staged.size,
@@ -708,6 +756,7 @@ class Namespace:
         if end - start > MAX_SINGLE_PUT:
             raise errors.EntityTooLarge()
         algorithms = ["md5"] + ([upload.checksum_algorithm] if upload.checksum_algorithm else [])
+        (await self._quota_hold(bucket, end - start))()
         await self._admit_write()
         writer = await ingest.run_data_io(self.data.create)
         hashers = {alg: cks.new_hasher(alg) for alg in algorithms}
@@ -797,20 +846,21 @@ class Namespace:
 
     async def list_parts(self, identity: Identity, bucket: str, key: str, upload_id: str, after: int,
                          limit: int) -> tuple[Upload, list[Part]]:
-        upload = await self.upload_for(identity, bucket, key, upload_id)
+        upload = await self.upload_for(identity, bucket, key, upload_id, "read")
         return upload, await self.meta.list_parts(upload_id, after, limit)
 
     async def list_uploads(self, identity: Identity, bucket: str, *, prefix: str, key_marker: str,
                            upload_id_marker: str, limit: int) -> list[Upload]:
-        await self.bucket_for(identity, bucket)
+        await self.bucket_for(identity, bucket, "read", prefix=prefix)
         return await self.meta.list_uploads(bucket, prefix, key_marker, upload_id_marker, limit)
 
     # leases (Azure semantics, atoll/core/leases.py) ----------------------------------------------------
     async def lease(self, identity: Identity, bucket: str, key: str,
                     request: leases.LeaseRequest) -> leases.LeaseOutcome:
         """Acquire, renew, change, release or break the lease of an object, or of the bucket when ``key`` is ''.
-        One metadata transaction decides, so every worker process sees the same lease."""
-        await self.bucket_for(identity, bucket)
+        One metadata transaction decides, so every worker process sees the same lease. A container lease is an
+        admin's action (it guards deleting the container); a blob lease a writer's."""
+        await self.bucket_for(identity, bucket, "write" if key else "admin", key or None)
         if key:
             validate_key(key)
             await self.head_object(identity, bucket, key)  # NoSuchKey; on a linked bucket, indexes a cold object
@@ -852,19 +902,23 @@ class Namespace:
     # block lists (Azure block blobs; rules in atoll.core.blocks) -------------------------------------------
     async def put_block(self, identity: Identity, bucket: str, key: str, block_id: str, body: AsyncIterator[bytes],
                         *, verify: Verifier | None = None, algorithms: set[str] = frozenset(),
-                        content_md5: bytes | None = None) -> Block:
+                        content_md5: bytes | None = None, declared_size: int | None = None) -> Block:
         """Stage an uncommitted block of the blob ``key``. ``body`` is any byte stream: a block copied from another
         object or URL (Put Block From URL) is staged the same way. ``verify`` checks what the client declared;
         ``content_md5`` is the simple case of it (BadDigest when the bytes differ)."""
         validate_key(key)
         blk.validate_block_id(block_id)
-        await self.bucket_for(identity, bucket)
+        await self.bucket_for(identity, bucket, "write", key)
         await self._write_link(bucket, key)
         current = await self.meta.get_object(bucket, key)
         if current is not None and current.blocks and len(current.blocks[0][0]) != len(block_id):
             raise blk.mixed_id_lengths()
-        staged, _ = await self._stage_verified(body, set(algorithms), blk.block_verifier(verify, content_md5),
-                                               blk.MAX_BLOCK_SIZE)
+        release = await self._quota_hold(bucket, declared_size)
+        try:
+            staged, _ = await self._stage_verified(body, set(algorithms), blk.block_verifier(verify, content_md5),
+                                                   blk.MAX_BLOCK_SIZE)
+        finally:
+            release()
         block = Block(bucket=bucket, key=key, block_id=block_id, blob_id=staged.blob_id, size=staged.size,
                       md5=staged.digests["md5"].hex(), created=time.time())
         try:
@@ -880,7 +934,7 @@ class Namespace:
         """Commit a block list: ``requested`` is (block id, 'committed' | 'uncommitted' | 'latest') in order. The
         blocks become the extents of a new version (nothing is copied); uncommitted blocks not used are dropped."""
         validate_key(key)
-        await self.bucket_for(identity, bucket)
+        await self.bucket_for(identity, bucket, "write", key)
         await self.check_lease(bucket, key, lease_id)
         link = await self._write_link(bucket, key)
         if len(requested) > blk.MAX_COMMITTED_BLOCKS:
@@ -911,7 +965,7 @@ class Namespace:
                              which: str = "committed") -> blk.BlockList:
         """``which``: 'committed', 'uncommitted' or 'all'. NoSuchKey when the name has neither a version nor
         uncommitted blocks."""
-        await self.bucket_for(identity, bucket)
+        await self.bucket_for(identity, bucket, "read", key)
         try:
             version = await self.head_object(identity, bucket, key)
         except errors.NoSuchKey:
@@ -960,6 +1014,10 @@ class Namespace:
                 await self._gc_task
             except asyncio.CancelledError:
                 pass
+
+
+def _nothing_held() -> None:
+    pass
 
 
 def _lease_guarded(condition: WriteCondition | None, lease_id: str | None) -> WriteCondition:

@@ -14,11 +14,13 @@ from urllib.parse import unquote
 from atoll import errors
 from atoll.auth.sigv4 import AuthError, verify_request
 from atoll.core.namespace import Namespace
+from atoll.core.qos import Governor, Ticket
 from atoll.http.server import BodyTooLarge, ClientGone, Request, Response
 from atoll.s3 import errors as s3errors
 from atoll.s3.context import S3Context, parse_query
 from atoll.s3.errors import S3Error
 from atoll.s3.router import route
+from atoll.server import throttle
 from atoll.server.accesslog import AccessLog
 
 log = logging.getLogger("atoll.s3")
@@ -41,8 +43,9 @@ def _access_key_of(request: Request, query: dict[str, str]) -> str | None:
 
 class S3App:
     def __init__(self, ns: Namespace, *, domains: tuple[str, ...] = (), access_log: AccessLog | None = None,
-                 max_skew: float = 900.0) -> None:
+                 max_skew: float = 900.0, governor: Governor | None = None) -> None:
         self.ns = ns
+        self.governor = governor
         self.domains = tuple(d.lower().lstrip(".") for d in domains if d)
         self.access_log = access_log
         self.max_skew = max_skew
@@ -59,7 +62,9 @@ class S3App:
             request.state["op"] = operation
             if handler is None:
                 raise self._unroutable(operation, request.method)
+            ticket = await self._admit(ctx) if self.governor is not None and ctx.identity is not None else None
             response = await handler(ctx)
+            throttle.charge(ticket, response)
         except S3Error as exc:
             response = s3errors.error_response(exc.code, exc.message, exc.status, request.id,
                                                resource=exc.resource, head=head)
@@ -133,6 +138,12 @@ class S3App:
         ctx.auth = auth
         ctx.identity = identity
         request.state["access_key"] = access_key
+
+    async def _admit(self, ctx: S3Context) -> Ticket | None:
+        headers = ctx.http.headers
+        declared = headers.get("x-amz-decoded-content-length")  # aws-chunked: the payload without its framing
+        bytes_in = int(declared) if declared is not None and declared.isdigit() else ctx.http.content_length or 0
+        return await throttle.admit(self.governor, ctx.http, ctx.identity.tenant, ctx.bucket, bytes_in)
 
     @staticmethod
     def _unroutable(operation: str, method: str) -> S3Error:

@@ -26,7 +26,7 @@ async def create_bucket(ctx: S3Context) -> Response:
 
 
 async def head_bucket(ctx: S3Context) -> Response:
-    bucket = await ctx.ns.bucket_for(ctx.identity, ctx.bucket)
+    bucket = await ctx.ns.bucket_for(ctx.identity, ctx.bucket, "read")
     return Response(200, [("x-amz-bucket-region", bucket.region)], head_only=True, content_length=0)
 
 
@@ -36,10 +36,10 @@ async def delete_bucket(ctx: S3Context) -> Response:
 
 
 async def get_bucket_location(ctx: S3Context) -> Response:
-    bucket = await ctx.ns.bucket_for(ctx.identity, ctx.bucket)
+    bucket = await ctx.ns.bucket_for(ctx.identity, ctx.bucket, "read")
     return Response(200, [_XML], xml.location(bucket.region))
 
 
 async def get_bucket_versioning(ctx: S3Context) -> Response:
-    await ctx.ns.bucket_for(ctx.identity, ctx.bucket)
+    await ctx.ns.bucket_for(ctx.identity, ctx.bucket, "read")
     return Response(200, [_XML], xml.versioning())

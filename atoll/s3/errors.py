@@ -31,8 +31,10 @@ _TABLE: dict[type, tuple[str, int]] = {
     errors.IncompleteBody: ("IncompleteBody", 400),
     errors.InvalidArgument: ("InvalidArgument", 400),
     errors.InvalidRequest: ("InvalidRequest", 400),
+    errors.QuotaExceeded: ("QuotaExceeded", 403),
     errors.AccessDenied: ("AccessDenied", 403),
     errors.InsufficientStorage: ("SlowDown", 503),
+    errors.Throttled: ("SlowDown", 503),
     errors.Unavailable: ("ServiceUnavailable", 503),
 }
 

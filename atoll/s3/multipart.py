@@ -15,7 +15,7 @@ from atoll.s3.context import S3Context
 from atoll.s3.errors import S3Error
 from atoll.s3.objects import copy_source, stored_headers, user_metadata, write_condition
 from atoll.core import checksums as cks
-from atoll.s3.payload import body_source, checksum_algorithm
+from atoll.s3.payload import body_source, checksum_algorithm, declared_size
 
 _XML = ("Content-Type", "application/xml")
 _COMPLETE_BODY_LIMIT = 4 << 20
@@ -53,7 +53,7 @@ async def upload_part(ctx: S3Context) -> Response:
     identity = ctx.require_identity()
     body, algorithms, verify = body_source(ctx)
     part = await ctx.ns.upload_part(identity, ctx.bucket, ctx.key, ctx.query["uploadId"], _part_number(ctx), body,
-                                    algorithms=algorithms, verify=verify)
+                                    algorithms=algorithms, verify=verify, declared_size=declared_size(ctx))
     out = [("ETag", f'"{part.etag}"')]
     out.extend((f"x-amz-checksum-{alg}", value) for alg, value in part.checksums.items())
     return Response(200, out)

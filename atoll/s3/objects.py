@@ -19,7 +19,7 @@ from atoll.s3 import xml
 from atoll.s3.context import S3Context
 from atoll.s3.errors import S3Error, error_response
 from atoll.s3.numbers import is_ascii_digits
-from atoll.s3.payload import body_source
+from atoll.s3.payload import body_source, declared_size
 from atoll.stores.meta.base import WriteCondition
 
 MAX_USER_METADATA = 2048  # bytes of x-amz-meta-* names and values, as S3
@@ -276,7 +276,7 @@ async def put_object(ctx: S3Context) -> Response:
     version = await ctx.ns.put_object(
         identity, ctx.bucket, ctx.key, body, headers=stored_headers(ctx.headers),
         user_meta=user_metadata(ctx.headers), algorithms=algorithms, verify=verify,
-        condition=write_condition(ctx.headers),
+        condition=write_condition(ctx.headers), declared_size=declared_size(ctx),
     )
     out = [("ETag", _etag_header(version.etag))]
     out.extend((f"x-amz-checksum-{alg}", value) for alg, value in version.checksums.items())
@@ -289,6 +289,11 @@ async def put_object(ctx: S3Context) -> Response:
 async def delete_object(ctx: S3Context) -> Response:
     await ctx.ns.delete_object(ctx.require_identity(), ctx.bucket, ctx.key)
     return Response(204)
+
+
+# Per-key refusals of DeleteObjects (Namespace.delete_objects outcomes), answered as AccessDenied.
+_DELETE_REFUSALS = {"LeaseIdMissing": "The object is leased through the Blob endpoint.",
+                    "AccessDenied": "Access Denied."}
 
 
 async def delete_objects(ctx: S3Context) -> Response:
@@ -308,7 +313,7 @@ async def delete_objects(ctx: S3Context) -> Response:
     outcome = await ctx.ns.delete_objects(identity, ctx.bucket, keys)
     deleted = [k for k, err in zip(keys, outcome) if err is None]
     failed = [(k, "KeyTooLongError" if err == "KeyTooLong" else "InvalidArgument", "The key is not valid.")
-              if err != "LeaseIdMissing" else (k, "AccessDenied", "The object is leased through the Blob endpoint.")
+              if err not in _DELETE_REFUSALS else (k, "AccessDenied", _DELETE_REFUSALS[err])
               for k, err in zip(keys, outcome) if err is not None]
     return Response(200, [("Content-Type", "application/xml")], xml.delete_result(deleted, failed, quiet))
 

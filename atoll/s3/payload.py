@@ -123,6 +123,17 @@ def body_source(ctx: S3Context) -> tuple[AsyncIterator[bytes], set[str], Verifie
     return body, algorithms, verify
 
 
+def declared_size(ctx: S3Context) -> int | None:
+    """The length of the body a request announces (for early quota admission), once ``body_source`` accepted it:
+    x-amz-decoded-content-length of an aws-chunked body, else Content-Length; None when unknown."""
+    mode = ctx.auth.payload_mode if ctx.auth is not None else "unsigned"
+    if mode in _STREAMING:
+        return int(ctx.headers["x-amz-decoded-content-length"])
+    if "chunked" in ctx.headers.get("transfer-encoding", "").lower():
+        return None
+    return ctx.http.content_length
+
+
 async def _decode(chunks: AsyncIterator[bytes], decoder: AwsChunkedDecoder,
                   trailers: dict[str, str]) -> AsyncIterator[bytes]:
     try:

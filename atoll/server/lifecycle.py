@@ -29,14 +29,12 @@ from atoll import errors
 from atoll.blob.app import BlobApp
 from atoll.core.models import Identity
 from atoll.core.namespace import Namespace, new_account_key, new_secret_key, validate_account_name
+from atoll.core import qos
 from atoll.core.recovery import reclaim_orphan_blobs
-from atoll.core.tiering.jobs import JobRunner
-from atoll.core.tiering.tier import Tiering, TierSettings
-from atoll.stores.cold.endpoint import BreakerSettings, TrafficPolicy
-from atoll.stores.cold.store import Timeouts as ColdTimeouts
 from atoll.http.server import HttpServer, Timeouts, bind_socket
 from atoll.s3.app import S3App
 from atoll.server import runstate
+from atoll.server.stores import StartupError, build_namespace, open_stores  # re-exported: the CLI's name for them
 from atoll.server.accesslog import AccessLog
 from atoll.stores.data.files import FileDataStore
 from atoll.stores.meta.sqlite import SqliteMetaStore
@@ -51,10 +49,6 @@ MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "1073741824", "MALLOC_TOP_PAD_": "671088
 # Held (blocked) from the moment the port opens until a process has its handlers for them: a stop that arrives
 # while a server is still starting then takes the graceful path instead of the signal's default action.
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-class StartupError(Exception):
-    """Atoll cannot start; the message says why and what to do."""
 
 
 @dataclass(slots=True)
@@ -112,25 +106,6 @@ def ensure_malloc_env() -> None:
     env = {**os.environ, **MALLOC_ENV, "ATOLL_NO_REEXEC": "1"}
     argv = [sys.executable, *sys.orig_argv[1:]] if hasattr(sys, "orig_argv") else [sys.executable, *sys.argv]
     os.execve(sys.executable, argv, env)
-
-
-def prepare_data_dir(config: Config) -> None:
-    try:
-        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise StartupError(f"cannot create data directory {config.data_dir}: {exc.strerror}") from None
-    if not os.access(config.data_dir, os.W_OK):
-        raise StartupError(f"data directory {config.data_dir} is not writable")
-
-
-def open_stores(config: Config) -> tuple[SqliteMetaStore, FileDataStore]:
-    prepare_data_dir(config)
-    meta = SqliteMetaStore(config.metadata_path)
-    try:
-        meta.open_sync()
-    except Exception as exc:  # noqa: BLE001 - reported as a start-up problem, not a traceback
-        raise StartupError(f"cannot open metadata store {config.metadata_path}: {exc}") from None
-    return meta, FileDataStore(config.data_dir)
 
 
 def bootstrap_root(config: Config, meta: SqliteMetaStore) -> RootCredentials:
@@ -194,41 +169,12 @@ def _write_root_credentials(config: Config, credentials: RootCredentials) -> Non
         f.write(lines)
 
 
-def tier_settings(config: Config) -> TierSettings:
-    return TierSettings(
-        fill_block_size=config.fill_block_size, fill_parallelism=config.fill_parallelism,
-        negative_ttl=config.negative_ttl, warm_capacity=config.warm_capacity,
-        high_watermark=config.high_watermark, low_watermark=config.low_watermark,
-        drain_concurrency=config.drain_concurrency, drain_bandwidth=config.drain_bandwidth,
-        stage_concurrency=config.stage_concurrency,
-        timeouts=ColdTimeouts(connect=config.cold_connect_timeout, first_byte=config.cold_first_byte_timeout,
-                              stall=config.cold_stall_timeout, retries=config.cold_retries),
-        breaker=BreakerSettings(failures=config.breaker_failures, cooldown=config.breaker_cooldown,
-                                max_cooldown=config.breaker_max_cooldown),
-        traffic=TrafficPolicy(
-            concurrency={"demand": config.demand_concurrency, "stage": config.stage_concurrency,
-                         "drain": config.drain_concurrency},
-            bandwidth={"demand": config.demand_bandwidth, "stage": config.stage_bandwidth,
-                       "drain": config.drain_bandwidth},
-            aging=config.wan_aging),
-        degraded_latency=config.degraded_latency, writethrough_on_partition=config.writethrough_on_partition,
-        cold_defaults=dict(config.cold_options), secrets_path=config.cold_secrets_path,
-    )
-
-
-def build_namespace(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> Namespace:
-    tier = Tiering(meta, data, tier_settings(config))
-    ns = Namespace(meta, data, region=config.region, min_part_size=config.min_part_size, tier=tier,
-                   uncommitted_block_ttl=config.uncommitted_block_ttl)
-    tier.namespace = ns
-    tier.job_runner = JobRunner(tier)  # runs only where start_background(primary=True) starts it
-    return ns
-
-
 def build_app(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> tuple[S3App, Namespace, AccessLog | None]:
     ns = build_namespace(config, meta, data)
     access_log = None if config.access_log == "off" else AccessLog(config.access_log_path)
-    return S3App(ns, domains=config.s3_domains, access_log=access_log, max_skew=config.max_clock_skew), ns, access_log
+    ns.governor = qos.Governor(ns, runstate.run_dir(config.data_dir), shared=config.workers > 1)
+    return S3App(ns, domains=config.s3_domains, access_log=access_log, max_skew=config.max_clock_skew,
+                 governor=ns.governor), ns, access_log
 
 
 def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminListener | None = None,
@@ -248,7 +194,7 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
         await server.listen(sock)
         blob_server = None
         if blob_sock is not None:
-            blob_app = BlobApp(ns, domains=config.blob_domains, access_log=access_log)
+            blob_app = BlobApp(ns, domains=config.blob_domains, access_log=access_log, governor=ns.governor)
             blob_server = HttpServer(blob_app, loop, timeouts,
                                      on_exception=lambda req: log.exception("blob request %s failed", req.id))
             await blob_server.listen(blob_sock)
@@ -305,6 +251,7 @@ def serve(config: Config) -> None:
         asyncio.run(meta.reset_drain_claims())
         # Likewise copies that were running: no partial blob was committed, and they are reported as failed.
         asyncio.run(meta.fail_pending_copies("The copy was interrupted: the server stopped.", time.time()))
+        qos.reset_shared(runstate.run_dir(config.data_dir))  # rate-limit state and counters start afresh
     finally:
         meta.close_sync()
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

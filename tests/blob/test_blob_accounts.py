@@ -15,6 +15,7 @@ from azure.storage.blob import BlobServiceClient
 
 from blobutil import blob_service_for
 from coldstores import fresh_name
+from harness import wait_until
 
 
 def _service(server, account: str, key: str) -> BlobServiceClient:
@@ -59,6 +60,8 @@ def test_bad_account_names_are_refused_by_the_cli(blob_server):
 def test_generated_root_account_is_printed_once_and_kept(new_server):
     env = {"ATOLL_ROOT_ACCOUNT_NAME": "", "ATOLL_ROOT_ACCOUNT_KEY": ""}
     server = new_server(extra_env=env)
+    # The port opens a moment before the start-up lines are printed; the S3 one comes after the account.
+    wait_until(lambda: "Atoll S3 endpoint on" in server.log_text(), 10, "the start-up lines")
     log = server.log_text()
     found = re.search(r"account name: (\S+)\n  account key:  (\S+)", log)
     assert found, log
@@ -69,6 +72,7 @@ def test_generated_root_account_is_printed_once_and_kept(new_server):
     _service(server, account, key).create_container("kept")
     server.stop()
     server.start()
+    wait_until(lambda: server.log_text().count("Atoll S3 endpoint on") == 2, 10, "the second start-up lines")
     assert server.log_text().count("Generated root Blob account") == 1
     assert [c.name for c in _service(server, account, key).list_containers()] == ["kept"]
 

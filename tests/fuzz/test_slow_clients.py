@@ -158,6 +158,7 @@ def test_client_that_never_reads_a_large_get_is_dropped(server, signer):
     assert STALL * 1000 - 500 <= entries[0]["ms"] <= (STALL + SWEEP + SLACK) * 1000, entries[0]
 
 
+@pytest.mark.serial  # a p99 latency bound
 def test_fifty_slow_and_idle_connections_do_not_slow_a_normal_client(server, signer):
     stop = threading.Event()
     slow: list[socket.socket] = []

@@ -168,6 +168,7 @@ def check_free_disk(path: str) -> None:
                     f"1 GiB one; only {free / 1e9:.1f} GB are free. Free some space or point ATOLL_TEST_TMP elsewhere.")
 
 
+@pytest.mark.serial  # 6 GiB of disk traffic and an RSS ceiling: neither should share the machine
 @pytest.mark.timeout(300)
 def test_huge_put_get_and_parallel_multipart_stay_in_bounded_memory(new_server, workdir):
     check_free_disk(workdir)

@@ -358,6 +358,11 @@ def test_sigterm_right_after_start_is_still_graceful(new_server, workers):
 def serve(tmp: Path, *args: str, timeout: float = 20) -> tuple[int | None, str]:
     """Run ``atoll serve``; (exit status, output), or (None, output) if it was still running after ``timeout``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATOLL_")}
+    # Not the default admin and Blob ports (9001, 10000): another server on the machine may hold them.
+    env.update(ATOLL_ADMIN_ADDRESS=f"127.0.0.1:{free_port()}", ATOLL_BLOB_LISTEN=f"127.0.0.1:{free_port()}")
+    # Off a terminal rich wraps at 80 columns, and a long tmp_path (pytest-xdist adds a level) would be cut
+    # mid-name in the message the test looks for.
+    env["COLUMNS"] = "1000"
     log = tmp / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([ATOLL, "serve", "--data-dir", str(tmp / "data"), *args], env=env, stdout=out,

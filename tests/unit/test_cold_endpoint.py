@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from atoll.stores.cold.endpoint import (CLOSED, HALF_OPEN, OPEN, Breaker, BreakerSettings, Health, TrafficPolicy,
                                         WanScheduler)
 from atoll.stores.cold.traffic import Traffic
+
+pytestmark = pytest.mark.serial  # the WAN scheduler's waits are asserted to tens of milliseconds
 
 
 def test_breaker_opens_after_consecutive_failures_and_a_success_resets_the_count():

@@ -183,6 +183,7 @@ class CountingMeta:
         return getattr(self.meta, name)
 
 
+@pytest.mark.serial  # a wall-time bound on a CPU-bound listing
 def test_delimiter_listing_costs_one_query_per_prefix(store):
     keys = [f"shard-{i % 10}/sample-{i:06d}.tar" for i in range(100_000)] + ["top-level.json"]
     store.add(keys)

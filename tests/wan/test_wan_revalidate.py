@@ -22,7 +22,7 @@ import pytest
 from wanutil import (COLD_KINDS, FAST_FAILURE_ENV, KiB, link, no_retry_client, percentile, sha256, start_server,
                      stop_server, timed_get, wait_until)
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.serial]  # asserts latency and time bounds: no neighbours
 
 FIRST_BYTE = float(FAST_FAILURE_ENV["ATOLL_COLD_FIRST_BYTE_TIMEOUT"])
 SLACK = 0.5

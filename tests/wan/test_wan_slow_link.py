@@ -39,7 +39,7 @@ import pytest
 from wanutil import (COLD_KINDS, MiB, admin_call, backlog, link, meta_query, no_retry_client, sha256, start_server,
                      stop_server, timed_get, wait_drained, wait_until)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]  # asserts latency and time bounds: no neighbours
 
 BANDWIDTH = 4 * MiB
 LATENCY = (0.020, 0.050)

@@ -30,7 +30,7 @@ import pytest
 from wanutil import (COLD_KINDS, FAST_FAILURE_ENV, KiB, WarmReaders, backlog, cold_state, link, no_retry_client,
                      percentile, sha256, start_server, stop_server, wait_until)
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.timeout(150), pytest.mark.serial]  # asserts latency and time bounds: no neighbours
 
 HEALTHY_SECONDS = 5.0
 PARTITION_SECONDS = 10.0

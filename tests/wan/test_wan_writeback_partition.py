@@ -25,7 +25,7 @@ import pytest
 from wanutil import (COLD_KINDS, FAST_FAILURE_ENV, KiB, MiB, backlog, cold_state, link, meta_query,
                      no_retry_client, sha256, start_server, stop_server, wait_drained, wait_no_leftovers, wait_until)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]  # asserts latency and time bounds: no neighbours
 
 PARTITION_SECONDS = 10.0
 WRITE_EVERY = 0.1

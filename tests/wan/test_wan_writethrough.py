@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 from wanutil import (COLD_KINDS, FAST_FAILURE_ENV, KiB, MiB, LeftBehind, backlog, cold_state, link, meta_query,
                      no_retry_client, sha256, start_server, stop_server, wait_drained, wait_no_leftovers, wait_until)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]  # asserts latency and time bounds: no neighbours
 
 BIG = 12 * MiB  # a multipart upload in the cold store (the upload part size is 8 MiB)
 SMALL_WRITES = 8

@@ -11,6 +11,10 @@ long partition costs no attempts and no database churn; when the link returns, t
 and widens by one per success up to ``drain_concurrency`` (halving on each failure), so a healed link is not
 hit by a thundering herd. Claims are renewed while an upload runs, so a slow upload is never taken twice.
 
+Tenants: each claim shares the free upload slots between the tenants with due entries in proportion to their WAN
+weights, counting the uploads each already has running, so one tenant's 5 TB backlog never holds every slot and
+the link's bytes (shared per connection) follow the weights.
+
 Checkpoint groups: a key under a group's prefix whose basename is one of the group's markers waits until no
 other entry of its directory is pending, so a reader of the cold store sees the marker only after every other
 file of that checkpoint is there.
@@ -73,7 +77,8 @@ class Drainer:
                 await self._renew_claims()
                 await self.tier.clean_leftovers()
                 free = int(self.window) - len(self._active)
-                entries = await meta.take_drain(free, CLAIM_SECONDS, await self._unreachable()) if free > 0 else []
+                entries = await meta.take_drain(free, CLAIM_SECONDS, await self._unreachable(),
+                                                self._busy_buckets()) if free > 0 else []
                 for entry in entries:
                     task = asyncio.get_running_loop().create_task(self._drain_one(entry))
                     self._active[task] = entry
@@ -85,6 +90,13 @@ class Drainer:
             except Exception:  # noqa: BLE001 - the loop must outlive any one failure
                 log.exception("drain loop failed; retrying")
                 await asyncio.sleep(1.0)
+
+    def _busy_buckets(self) -> dict[str, int]:
+        """Entries being drained now, per bucket: the claim weighs tenants by what they already have."""
+        busy: dict[str, int] = {}
+        for entry in self._active.values():
+            busy[entry.bucket] = busy.get(entry.bucket, 0) + 1
+        return busy
 
     def _done(self, task: asyncio.Task) -> None:
         self._active.pop(task, None)

@@ -588,15 +588,16 @@ class _Stager:
         """Room for ``size`` more bytes besides the transfers in flight (which are not resident yet), evicting
         if need be; raises InsufficientStorage when the tier is full of what may not be evicted."""
         needed = size + self._reserved
-        if await self.tier.has_room(needed):
+        if await self.tier.has_room(needed, self.bucket):
             return
         evictor = getattr(self.tier, "evictor", None)
         if evictor is not None:
-            await evictor.make_room(needed)
-            if await self.tier.has_room(needed):
+            await evictor.make_room(needed, self.bucket)
+            if await self.tier.has_room(needed, self.bucket):
                 return
         raise errors.InsufficientStorage(f"the warm tier has no room for {size} more bytes: it is full of data "
-                                         "that may not be evicted (pinned, or not yet drained)")
+                                         "that may not be evicted (pinned, not yet drained, or within a tenant's "
+                                         "warm reservation or cap)")
 
     # the run ----------------------------------------------------------------------------------------------
     async def run(self) -> None:

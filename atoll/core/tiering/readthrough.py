@@ -194,7 +194,7 @@ class Filler:
         """An iterator over bytes [start, end), or None when the version turned out resident (open it locally).
         The first block is fetched before returning, so a cold failure is still a clean error response."""
         if version.residency == ABSENT:
-            if not await self._make_room(version.size):
+            if not await self._make_room(version.size, version.bucket):
                 return await self._pass_through(link, version, start, end)
             try:
                 version = await self._start(link, version)
@@ -215,13 +215,13 @@ class Filler:
             raise
         return _prepend(first, stream)
 
-    async def _make_room(self, size: int) -> bool:
-        if await self.tier.has_room(size):
+    async def _make_room(self, size: int, bucket: str) -> bool:
+        if await self.tier.has_room(size, bucket):
             return True
         evictor = getattr(self.tier, "evictor", None)
         if evictor is not None:
-            await evictor.make_room(size)
-            return await self.tier.has_room(size)
+            await evictor.make_room(size, bucket)
+            return await self.tier.has_room(size, bucket)
         return False
 
     async def _pass_through(self, link: Link, version: ObjectVersion, start: int, end: int) -> AsyncIterator[bytes]:

@@ -123,6 +123,9 @@ class Tiering:
         self._uploading: set[tuple[str, str]] = set()
         self._leftovers_due = 0.0
         self._probers: dict[str, ColdStore] = {}  # endpoint key -> a store to probe it with
+        self._bucket_tenants: dict[str, str] = {}  # bucket -> tenant, refreshed with the link
+        self._wan_weights: dict[str, float] = {}  # tenant -> its weight on cold links, refreshed with the links
+        self._warm_caps: dict[str, int] = {}  # tenant -> its warm cap (0: none), refreshed with the links
         self.filler = Filler(self)
 
     # links ---------------------------------------------------------------------------------------------
@@ -135,7 +138,24 @@ class Tiering:
         if len(self._links) > 10000:
             self._links.clear()
         self._links[bucket] = (link, now)
+        if link is not None:
+            await self._note_tenant(bucket)
         return link
+
+    async def _note_tenant(self, bucket: str) -> None:
+        """Whose share of the WAN the bucket's transfers use, and that tenant's weight."""
+        row = await self.meta.get_bucket(bucket)
+        if row is None:
+            return
+        if len(self._bucket_tenants) > 10000:
+            self._bucket_tenants.clear()
+        self._bucket_tenants[bucket] = row.tenant
+        tenant = await self.meta.get_tenant(row.tenant)
+        self._wan_weights[row.tenant] = tenant.wan_weight if tenant is not None and tenant.wan_weight > 0 else 1.0
+        self._warm_caps[row.tenant] = tenant.warm_cap if tenant is not None else 0
+
+    def wan_weight(self, tenant: str) -> float:
+        return self._wan_weights.get(tenant, 1.0)
 
     def forget_link(self, bucket: str) -> None:
         self._links.pop(bucket, None)
@@ -158,6 +178,7 @@ class Tiering:
             self._stores = {k: v for k, v in self._stores.items() if k[0] != link.bucket}
             self._stores[cache_key] = store
             self._probers[store.endpoint.key] = store
+        store.tenant = self._bucket_tenants.get(link.bucket, "")
         return store
 
     def stores(self) -> list[ColdStore]:
@@ -168,7 +189,7 @@ class Tiering:
         if endpoint is None:
             s = self.settings
             endpoint = self.endpoints[key] = Endpoint(key, breaker=s.breaker, policy=s.traffic,
-                                                      degraded_latency=s.degraded_latency)
+                                                      degraded_latency=s.degraded_latency, weight_of=self.wan_weight)
         return endpoint
 
     def reachable(self, link: Link) -> bool:
@@ -450,8 +471,14 @@ class Tiering:
         st = os.statvfs(getattr(self.data, "root", "."))
         return int(st.f_blocks * st.f_frsize * 0.9)
 
-    async def has_room(self, size: int) -> bool:
-        return await self.meta.resident_bytes() + size <= self.capacity()
+    async def has_room(self, size: int, bucket: str | None = None) -> bool:
+        """Whether ``size`` more bytes fit in the warm tier, and (for a fill of ``bucket``) within its tenant's
+        warm cap."""
+        if await self.meta.resident_bytes() + size > self.capacity():
+            return False
+        tenant = self._bucket_tenants.get(bucket) if bucket is not None else None
+        cap = self._warm_caps.get(tenant, 0) if tenant is not None else 0
+        return not cap or (await self.meta.warm_bytes_by_tenant()).get(tenant, 0) + size <= cap
 
     def is_resident(self, version: ObjectVersion) -> bool:
         return version.residency == RESIDENT

@@ -17,7 +17,8 @@ not one per request. The cooldown starts at ``cooldown`` seconds and doubles per
 Priorities: demand (a client waits) > stage > drain. Each class has its own concurrency limit, so a busy drain
 never takes a miss's slot; between chunks, a transfer of a lower class yields while a higher class is moving
 bytes, for at most ``aging`` seconds per chunk, so a long run of misses slows staging down but never stops it,
-and staging never starves the drain.
+and staging never starves the drain. Inside each class, tenants share the slots and the bandwidth cap by weight
+(``fairness``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
 from atoll import errors
+from atoll.stores.cold.fairness import FairSlots, FairTokenBucket, WeightOf
 from atoll.stores.cold.traffic import Traffic
 
 if TYPE_CHECKING:
@@ -224,38 +226,16 @@ class TrafficPolicy:
     aging: float = 5.0
 
 
-class TokenBucket:
-    """A bandwidth cap shared by every transfer that takes from it (bytes per second; 0 = no cap)."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._tokens = float(rate)
-        self._stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def take(self, amount: int) -> None:
-        if self.rate <= 0:
-            return
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                if self._tokens >= min(amount, self.rate):
-                    self._tokens -= amount
-                    return
-                await asyncio.sleep((min(amount, self.rate) - self._tokens) / self.rate)
-
-
 class WanScheduler:
     """Slots and pacing per traffic class on one endpoint's link."""
 
     ORDER = (Traffic.DEMAND, Traffic.STAGE, Traffic.DRAIN)
 
-    def __init__(self, policy: TrafficPolicy | None = None) -> None:
+    def __init__(self, policy: TrafficPolicy | None = None, weight_of: WeightOf | None = None) -> None:
         self.policy = policy or TrafficPolicy()
-        self._slots = {t: asyncio.Semaphore(max(1, self.policy.concurrency.get(t.value, 8))) for t in self.ORDER}
-        self._buckets = {t: TokenBucket(self.policy.bandwidth.get(t.value, 0)) for t in self.ORDER}
+        # Inside each class, tenants share slots and bandwidth by weight (``weight_of(tenant)``).
+        self._slots = {t: FairSlots(self.policy.concurrency.get(t.value, 8), weight_of) for t in self.ORDER}
+        self._buckets = {t: FairTokenBucket(self.policy.bandwidth.get(t.value, 0), weight_of) for t in self.ORDER}
         self.active = {t: 0 for t in self.ORDER}  # transfers holding a slot
         self.yielded = {t: 0.0 for t in self.ORDER}  # seconds spent yielding to higher classes, for status
         self._quiet: dict[Traffic, asyncio.Event] = {}
@@ -263,10 +243,14 @@ class WanScheduler:
         self.preempted = {t: 0 for t in self.ORDER}  # background GETs closed to give the link to a higher class
 
     @asynccontextmanager
-    async def slot(self, traffic: Traffic) -> AsyncIterator[None]:
-        async with self._slots[traffic]:
+    async def slot(self, traffic: Traffic, tenant: str = "") -> AsyncIterator[None]:
+        slots = self._slots[traffic]
+        await slots.acquire(tenant)
+        try:
             with self.busy(traffic):
                 yield
+        finally:
+            slots.release(tenant)
 
     @contextmanager
     def busy(self, traffic: Traffic, linger: float = 0.0) -> Iterator[None]:
@@ -319,11 +303,11 @@ class WanScheduler:
         """Higher classes with transfers in progress."""
         return [t for t in self.ORDER[: self.ORDER.index(traffic)] if self.active[t]]
 
-    async def pace(self, traffic: Traffic, amount: int) -> bool:
-        """Before moving ``amount`` more bytes: the class's bandwidth cap, then yield to busier classes, for at
-        most the aging time. True when it stopped yielding because of the aging time (a higher class is still
-        busy and this one goes ahead anyway)."""
-        await self._buckets[traffic].take(amount)
+    async def pace(self, traffic: Traffic, amount: int, tenant: str = "") -> bool:
+        """Before moving ``amount`` more bytes: the class's bandwidth cap (shared by tenants by weight), then
+        yield to busier classes, for at most the aging time. True when it stopped yielding because of the aging
+        time (a higher class is still busy and this one goes ahead anyway)."""
+        await self._buckets[traffic].take(amount, tenant)
         higher = self.busier(traffic)
         if not higher:
             return False
@@ -345,10 +329,10 @@ class Endpoint:
     WATCH_INTERVAL = 0.5
 
     def __init__(self, key: str, *, breaker: BreakerSettings | None = None, policy: TrafficPolicy | None = None,
-                 degraded_latency: float = 1.0) -> None:
+                 degraded_latency: float = 1.0, weight_of: WeightOf | None = None) -> None:
         self.key = key
         self.health = Health(degraded_latency=degraded_latency, breaker=Breaker(breaker))
-        self.wan = WanScheduler(policy)
+        self.wan = WanScheduler(policy, weight_of)
         self.transfers: set["Transfer"] = set()
         self._watchdog: asyncio.Task | None = None
         self._fast_limit = 3.0

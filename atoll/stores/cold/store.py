@@ -182,6 +182,7 @@ class ColdStore:
         self.timeouts = timeouts or Timeouts()
         self.endpoint = endpoint or Endpoint(name)
         self.leftovers = leftovers  # S3Leftovers for S3; None where a failed upload leaves nothing billable
+        self.tenant = ""  # the tenant of the link's bucket: whose share of the endpoint's link its transfers use
 
     @property
     def leaves_uploads(self) -> bool:
@@ -199,6 +200,10 @@ class ColdStore:
     @property
     def health(self) -> Health:
         return self.endpoint.health
+
+    def _moved(self, traffic: Traffic, bytes_in: int = 0, bytes_out: int = 0) -> None:
+        self.health.moved(traffic, bytes_in=bytes_in, bytes_out=bytes_out)
+        metrics.COLD_TENANT_BYTES.labels(self.tenant, traffic.value).inc(bytes_in + bytes_out)
 
     # one request, with breaker, deadline and retries ---------------------------------------------------
     def _failure(self, traffic: Traffic | None, exc: BaseException) -> errors.ColdStoreUnavailable:
@@ -283,7 +288,7 @@ class ColdStore:
     @asynccontextmanager
     async def _transfer(self, traffic: Traffic, idle_limit: float | None = None) -> AsyncIterator[Transfer]:
         """A flowing transfer: holds a class slot; the endpoint's watchdog cuts it when its bytes stop."""
-        async with self.endpoint.wan.slot(traffic):
+        async with self.endpoint.wan.slot(traffic, self.tenant):
             transfer = Transfer(traffic, idle_limit or self.timeouts.stall)
             with self.endpoint.watch(transfer, self.timeouts):
                 try:
@@ -378,7 +383,7 @@ class ColdStore:
                     raise
                 except Exception as exc:  # noqa: BLE001
                     raise self._failure(traffic, exc) from None
-                self.health.moved(traffic, bytes_in=len(chunk))
+                self._moved(traffic, bytes_in=len(chunk))
                 transfer.paused = True
                 try:
                     yield chunk
@@ -386,7 +391,7 @@ class ColdStore:
                     transfer.paused = False
                     transfer.progress()
                 if traffic is not Traffic.DEMAND:
-                    await wan.pace(traffic, len(chunk))  # before asking the link for more
+                    await wan.pace(traffic, len(chunk), self.tenant)  # before asking the link for more
                     transfer.progress()
 
     async def open_preemptible(self, key: str, traffic: Traffic, *,
@@ -397,7 +402,7 @@ class ColdStore:
         preempted again). Closing is what frees the link: a paused stream keeps receiving what the sender
         has in flight for it (measured through a proxy: 4.6 MiB for one stream). On a quiet link this is one
         GET. Raises as ``open``."""
-        aged = await self.endpoint.wan.pace(traffic, 0)
+        aged = await self.endpoint.wan.pace(traffic, 0, self.tenant)
         first, chunks = await self.open(key, traffic, if_match=if_match, chunk_size=PREEMPT_CHUNK)
         etag = if_match or first.etag
         if not etag:
@@ -442,7 +447,7 @@ class ColdStore:
                     raise errors.ColdObjectChanged("The cold object ended before its listed size.", key=key)
                 return
             wan.preempted[traffic] += 1
-            aged = await wan.pace(traffic, 0)
+            aged = await wan.pace(traffic, 0, self.tenant)
             _, chunks = await self.open(key, traffic, start=offset, if_match=etag, chunk_size=PREEMPT_CHUNK)
 
     async def read_range(self, key: str, start: int, end: int, traffic: Traffic,
@@ -482,16 +487,16 @@ class ColdStore:
 
             result = await self._request(traffic, call, retry=body is source, transfer=transfer)
             if body is source:
-                self.health.moved(traffic, bytes_out=size)
+                self._moved(traffic, bytes_out=size)
         return ColdObject(key=key, size=size, etag=_unquote(result.get("e_tag")), mtime=time.time())
 
     async def _pulled(self, source: Any, transfer: Transfer, traffic: Traffic) -> AsyncIterator[Any]:
         """The upload's chunks, counted and paced as obstore pulls them."""
         wan = self.endpoint.wan
         async for chunk in source:
-            await wan.pace(traffic, len(chunk))
+            await wan.pace(traffic, len(chunk), self.tenant)
             transfer.progress()
-            self.health.moved(traffic, bytes_out=len(chunk))
+            self._moved(traffic, bytes_out=len(chunk))
             yield chunk
 
     async def delete(self, key: str, traffic: Traffic) -> None:

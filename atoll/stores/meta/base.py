@@ -16,7 +16,7 @@ executable form of this contract; every implementation runs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, TypeVar
+from typing import Callable, Mapping, Protocol, Sequence, TypeVar
 
 from atoll.core.leases import Lease
 from atoll.core.models import BucketProperties
@@ -230,6 +230,10 @@ class MetaStore(Protocol):
         """Bytes held by the warm tier (partial fills count whole): the whole tier's counter, or one bucket's
         sum (a scan of the bucket's rows: for status and scrapes, not for hot paths)."""
 
+    async def warm_bytes_by_tenant(self) -> dict[str, int]:
+        """Bytes each tenant holds on the warm tier (as ``resident_bytes`` counts them), exact and cheap (kept
+        per bucket as rows change); tenants with none are left out."""
+
     async def eviction_candidates(self, after_seq: int, limit: int) -> list[tuple]:
         """(bucket, key, version_id, warm_seq, visited, size, evictable) of warm versions of linked buckets in
         warm_seq order after ``after_seq``; evictable is false for dirty or pinned versions."""
@@ -245,9 +249,13 @@ class MetaStore(Protocol):
     async def pinned_bytes(self, bucket: str | None = None) -> int: ...
 
     # tiering: the write-back journal
-    async def take_drain(self, limit: int, lease: float, skip_buckets: Sequence[str] = ()) -> list[DrainEntry]:
-        """Claim due entries, oldest first, for ``lease`` seconds; none of ``skip_buckets`` (whose cold stores
-        are unreachable: their entries wait without being touched)."""
+    async def take_drain(self, limit: int, lease: float, skip_buckets: Sequence[str] = (),
+                         busy: Mapping[str, int] | None = None) -> list[DrainEntry]:
+        """Claim up to ``limit`` due entries for ``lease`` seconds; none of ``skip_buckets`` (whose cold stores
+        are unreachable: their entries wait without being touched). The tenants (of the entries' buckets) with
+        due entries get claims in proportion to their WAN weights, counting what each already has in flight
+        (``busy``: bucket -> entries being drained), so one tenant's backlog never holds every drain slot;
+        oldest first inside a tenant."""
 
     async def renew_drain(self, entries: Sequence[DrainEntry], lease: float) -> None:
         """Extend the claims of entries still being drained (a long upload outlives one lease)."""
@@ -338,6 +346,25 @@ class MetaStore(Protocol):
 
     async def recount_resident_bytes(self) -> tuple[int, int]:
         """Set the resident-bytes counter to what the rows say; returns (old value, new value)."""
+
+    # usage and quotas (#7; tests/contract/test_metastore_quota.py) ------------------------------------------
+    # Every change keeps per-bucket counters exact in its own transaction: bytes of current versions whatever
+    # their residency, of parts of uploads in progress and of uncommitted blocks; objects = current versions.
+    # put_object, complete_upload, commit_blocks, put_part and put_block (client writes) raise QuotaExceeded,
+    # changing nothing, when they grow the bytes or objects of their bucket or its tenant past a limit
+    # (Bucket.limits, Tenant.limits); cold-side imports, deletes and aborts are never refused.
+    async def bucket_usage(self, bucket: str) -> tuple[int, int]:
+        """(bytes, objects) of a bucket; (0, 0) for none."""
+
+    async def tenant_usage(self, tenant: str) -> tuple[int, int]:
+        """(bytes, objects) summed over the tenant's buckets."""
+
+    async def count_usage(self) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+        """(bucket, counted (bytes, objects), actual (bytes, objects)) of buckets whose counters disagree with
+        their rows, from one snapshot: for fsck."""
+
+    async def recount_usage(self) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+        """Set every bucket's counters to what its rows say; returns what count_usage would have."""
 
     async def reset_to_absent(self, bucket: str, key: str, version_id: str, new_version_id: str) -> bool:
         """Give up the warm bytes of the current version ``version_id`` when the cold store has them (a cold

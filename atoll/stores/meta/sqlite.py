@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from atoll import errors
 from atoll.core.models import (RESIDENCY_CODES, RESIDENCY_NAMES, Block, Bucket, CheckpointGroup, DrainEntry, Extent,
@@ -33,6 +33,7 @@ from atoll.core.models import CopyState
 from atoll.core.leases import Lease, check_write
 from atoll.core.models import BucketProperties
 from atoll.stores.meta.base import WriteCondition
+from atoll.stores.meta import sqlite_usage, sqlite_warm
 
 SCHEMA_VERSION = 2
 
@@ -236,6 +237,7 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("PRAGMA cache_size = -65536")
+    conn.execute("PRAGMA recursive_triggers = ON")  # a REPLACE's implicit delete must reach the usage triggers
     if readonly:
         conn.execute("PRAGMA query_only = 1")
     return conn
@@ -506,6 +508,8 @@ class SqliteMetaStore:
         conn.executescript(_SCHEMA_COPIES)
         _add_tenant_columns(conn)
         _adopt_tenants(conn)
+        sqlite_usage.install(conn)
+        sqlite_warm.install(conn)
         conn.execute("INSERT INTO counters VALUES ('resident_bytes', 0) ON CONFLICT (name) DO NOTHING")
         conn.close()
         self._reader = _connect(self.path, readonly=True)
@@ -714,7 +718,8 @@ class SqliteMetaStore:
                          journal: bool = False) -> ObjectVersion | None:
         def op(conn):
             _require_bucket(conn, version.bucket)
-            return _swap_version(conn, version, condition, time.time(), journal)
+            return sqlite_usage.guarded(conn, version.bucket,
+                                        lambda: _swap_version(conn, version, condition, time.time(), journal))
         return await self._write(op)
 
     async def replace_metadata(self, bucket, key, version_id, headers, user_meta, last_modified,
@@ -783,8 +788,12 @@ class SqliteMetaStore:
 
     async def put_part(self, part: Part) -> Part | None:
         def op(conn):
-            if conn.execute("SELECT 1 FROM uploads WHERE upload_id = ?", (part.upload_id,)).fetchone() is None:
+            upload = conn.execute("SELECT bucket FROM uploads WHERE upload_id = ?", (part.upload_id,)).fetchone()
+            if upload is None:
                 raise errors.NoSuchUpload(upload_id=part.upload_id)
+            return sqlite_usage.guarded(conn, upload[0], lambda: record(conn))
+
+        def record(conn):
             row = conn.execute("SELECT * FROM parts WHERE upload_id = ? AND part_number = ?",
                                (part.upload_id, part.part_number)).fetchone()
             replaced = _row_to_part(row) if row else None
@@ -834,6 +843,9 @@ class SqliteMetaStore:
                 part = parts.get(number)
                 if part is None or part.blob_id != extent.blob_id:
                     raise errors.InvalidPart("a part was replaced or removed while completing", part=number)
+            return sqlite_usage.guarded(conn, version.bucket, lambda: complete(conn, parts))
+
+        def complete(conn, parts):
             now = time.time()
             replaced = _swap_version(conn, version, condition, now, journal)
             used = set(used_parts)
@@ -854,6 +866,9 @@ class SqliteMetaStore:
     async def put_block(self, block: Block, max_blocks: int) -> Block | None:
         def op(conn):
             _require_bucket(conn, block.bucket)
+            return sqlite_usage.guarded(conn, block.bucket, lambda: stage(conn))
+
+        def stage(conn):
             where = (block.bucket, block.key)
             row = conn.execute("SELECT * FROM blocks WHERE bucket = ? AND key = ? AND block_id = ?",
                                (*where, block.block_id)).fetchone()
@@ -895,6 +910,9 @@ class SqliteMetaStore:
                 if blocks.get(block_id) != blob_id:
                     raise errors.ConditionalRequestConflict("A block was replaced or removed while the block list "
                                                             "was committed; retry.")
+            return sqlite_usage.guarded(conn, version.bucket, lambda: commit(conn, where, blocks))
+
+        def commit(conn, where, blocks):
             now = time.time()
             if base_version_id is not None:
                 row = conn.execute("SELECT version_id FROM objects WHERE bucket = ? AND key = ?", where).fetchone()
@@ -1134,6 +1152,9 @@ class SqliteMetaStore:
         sql = "SELECT coalesce(sum(size), 0) FROM objects WHERE bucket = ? AND residency > 0"
         return int((await self._read_in_pool(lambda c: c.execute(sql, (bucket,)).fetchone()))[0])
 
+    async def warm_bytes_by_tenant(self) -> dict[str, int]:
+        return sqlite_warm.by_tenant(self._reader)
+
     async def eviction_candidates(self, after_seq: int, limit: int) -> list[tuple]:
         """(bucket, key, version_id, warm_seq, visited, size, evictable) in warm_seq order after ``after_seq``,
         among warm versions of linked buckets. ``evictable`` is false for dirty or pinned versions."""
@@ -1196,19 +1217,52 @@ class SqliteMetaStore:
         return int((await self._read_in_pool(lambda c: c.execute(sql, params).fetchone()))[0])
 
     # tiering: the write-back journal ---------------------------------------------------------------------
-    async def take_drain(self, limit: int, lease: float, skip_buckets: Sequence[str] = ()) -> list[DrainEntry]:
-        """Claim up to ``limit`` entries that are due, oldest first, for ``lease`` seconds (a crashed drainer's
-        claims expire and are taken again; a drain is idempotent, so a retaken entry is merely re-uploaded)."""
-        skip = list(skip_buckets)
+    async def take_drain(self, limit: int, lease: float, skip_buckets: Sequence[str] = (),
+                         busy: Mapping[str, int] | None = None) -> list[DrainEntry]:
+        """Claim up to ``limit`` entries that are due for ``lease`` seconds (a crashed drainer's claims expire
+        and are taken again; a drain is idempotent, so a retaken entry is merely re-uploaded). Tenants with due
+        entries get claims in proportion to their WAN weights, counting the claims in ``busy`` (bucket -> entries
+        of it being drained now); oldest first inside a tenant."""
+        skip = set(skip_buckets)
+        if limit <= 0:
+            return []
 
         def op(conn):
             now = time.time()
-            exclude = f" AND bucket NOT IN ({','.join('?' * len(skip))})" if skip else ""
-            rows = conn.execute(f"SELECT * FROM drain WHERE not_before <= ?{exclude} ORDER BY since LIMIT ?",
-                                (now, *skip, limit)).fetchall()
+            # The buckets with entries, by a skip scan of the primary key: the drain table may hold millions.
+            buckets = [r[0] for r in conn.execute(_DRAIN_BUCKETS).fetchall() if r[0] not in skip]
+            due: dict[str, list[tuple]] = {}  # tenant -> due rows of its buckets, oldest first
+            for bucket in buckets:
+                rows = conn.execute("SELECT * FROM drain WHERE bucket = ? AND not_before <= ? ORDER BY since LIMIT ?",
+                                    (bucket, now, limit)).fetchall()
+                if rows:
+                    owner = conn.execute("SELECT tenant FROM buckets WHERE name = ?", (bucket,)).fetchone()
+                    due.setdefault(owner[0] if owner else "", []).extend(rows)
+            if not due:
+                return []
+            weights: dict[str, float] = {}
+            held: dict[str, int] = {tenant: 0 for tenant in due}
+            for tenant in due:
+                row = conn.execute("SELECT name, created, settings FROM tenants WHERE name = ?", (tenant,)).fetchone()
+                weight = _row_to_tenant(row).wan_weight if row else 1.0
+                weights[tenant] = weight if weight > 0 else 1.0
+                due[tenant].sort(key=lambda r: r[5])  # since
+                due[tenant].reverse()  # popped from the end: oldest first
+            for bucket, count in (busy or {}).items():
+                owner = conn.execute("SELECT tenant FROM buckets WHERE name = ?", (bucket,)).fetchone()
+                if owner and owner[0] in held:
+                    held[owner[0]] += count
+            taken: list[tuple] = []
+            while len(taken) < limit and due:
+                # The tenant holding the fewest claims for its weight (ties: the one with the oldest entry).
+                tenant = min(due, key=lambda t: ((held[t] + 1) / weights[t], due[t][-1][5]))
+                taken.append(due[tenant].pop())
+                held[tenant] += 1
+                if not due[tenant]:
+                    del due[tenant]
             conn.executemany("UPDATE drain SET not_before = ? WHERE bucket = ? AND key = ?",
-                             [(now + lease, r[0], r[1]) for r in rows])
-            return [_row_to_drain(r) for r in rows]
+                             [(now + lease, r[0], r[1]) for r in taken])
+            return [_row_to_drain(r) for r in taken]
         return await self._write(op)
 
     async def renew_drain(self, entries: Sequence[DrainEntry], lease: float) -> None:
@@ -1506,6 +1560,25 @@ class SqliteMetaStore:
             return (int(old[0]) if old else 0), int(new)
         return await self._write(op)
 
+    # usage and quotas (#7; atoll/stores/meta/sqlite_usage.py) --------------------------------------------
+    async def bucket_usage(self, bucket: str) -> tuple[int, int]:
+        return sqlite_usage.bucket_usage(self._reader, bucket)
+
+    async def tenant_usage(self, tenant: str) -> tuple[int, int]:
+        return sqlite_usage.tenant_usage(self._reader, tenant)
+
+    async def count_usage(self) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+        def q(c):
+            c.execute("BEGIN")  # one snapshot for the counters and the rows
+            try:
+                return sqlite_usage.mismatches(c)
+            finally:
+                c.execute("COMMIT")
+        return await self._read_in_pool(q)
+
+    async def recount_usage(self) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+        return await self._write(sqlite_usage.recount)
+
     async def reset_to_absent(self, bucket: str, key: str, version_id: str, new_version_id: str) -> bool:
         def op(conn):
             row = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
@@ -1559,6 +1632,13 @@ class SqliteMetaStore:
             conn.executemany(f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES ({_OBJECT_PLACEHOLDERS})",
                              [_version_params(v) for v in versions])
         self._writer.submit_blocking(op)
+
+
+# Each bucket with drain entries, found by seeking the primary key from one bucket to the next (a loose index scan):
+# as cheap with a million entries as with one.
+_DRAIN_BUCKETS = ("WITH RECURSIVE b(name) AS (SELECT min(bucket) FROM drain UNION ALL "
+                  "SELECT (SELECT min(bucket) FROM drain WHERE bucket > b.name) FROM b WHERE b.name IS NOT NULL) "
+                  "SELECT name FROM b WHERE name IS NOT NULL")
 
 
 def _upgrade(conn: sqlite3.Connection, version: int) -> None:
