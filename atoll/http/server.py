@@ -32,6 +32,10 @@ MAX_HEADERS = 200
 BODY_HIGH_WATER = 2 << 20
 SMALL_FILE_INLINE = 64 << 10  # extents up to this size are read and written, not sendfile'd
 SWEEP_INTERVAL = 1.0
+# An answer sent before the request body was read ends in a lingering close (nginx's lingering_close): FIN, then
+# read and discard what the client still sends until it closes, goes quiet this long, or the total runs out.
+LINGER_IDLE = 2.0
+LINGER_TOTAL = 30.0
 
 _STATUS_LINES = {
     code: f"HTTP/1.1 {code} {phrase}\r\n".encode()
@@ -239,6 +243,7 @@ class HttpConnection(asyncio.Protocol):
         self._closed = False
         self._peer_eof = False  # the client half-closed: answer what is complete, then close
         self._pending_reject: tuple[int, str, str] | None = None  # a parse error, answered after earlier requests
+        self._lingering_since: float | None = None  # answered early: discarding the rest of a body before closing
         self.last_activity = time.monotonic()
         self.head_started: float | None = None  # when the first byte of a request head arrived
 
@@ -269,6 +274,9 @@ class HttpConnection(asyncio.Protocol):
             waiter.set_exception(ClientGone("client disconnected"))
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering_since is not None:
+            self.last_activity = time.monotonic()
+            return  # the rest of a body nobody reads
         if self._pending_reject is not None:
             return  # the stream broke before these bytes: they mean nothing
         self.last_activity = time.monotonic()
@@ -294,6 +302,8 @@ class HttpConnection(asyncio.Protocol):
         # can never complete: fail it now rather than hold it, and its temp file, until a timeout. Complete
         # requests still get their answers (a half-closed client may be waiting for them), then ``_next`` closes.
         self._peer_eof = True
+        if self._lingering_since is not None:
+            return False  # the client is done sending: close now
         current = self._current
         if current is not None and not current._complete:
             current._fail(ConnectionResetError("the client closed the connection before sending the whole body"))
@@ -397,7 +407,7 @@ class HttpConnection(asyncio.Protocol):
         self._next()
 
     def _next(self) -> None:
-        if self._closed:
+        if self._closed or self._lingering_since is not None:
             return
         if self._queue:
             # Not run from here: ``_next`` is called at the end of a (possibly eager) handler, and a pipelined
@@ -441,9 +451,30 @@ class HttpConnection(asyncio.Protocol):
             if len(response.body) >= 1 << 16:
                 transport.write(response.body)
             sent = len(response.body)
-        if not keep_alive:
+        if not req.body_complete:
+            self._linger()
+        elif not keep_alive:
             self._close()
         return sent
+
+    def _linger(self) -> None:
+        """Close after an answer sent before the request body was read. Closing at once with the client's bytes
+        still arriving makes the kernel answer them with a reset, which can destroy the answer before the client
+        reads it (and clients report a dropped connection, not the 403 or 503 we sent). So: send FIN after the
+        answer, keep reading and discarding, and close when the client closes or goes quiet (``sweep``)."""
+        transport = self.transport
+        if self._closed or transport is None or not transport.can_write_eof():
+            self._close()
+            return
+        self._lingering_since = time.monotonic()
+        self._queue.clear()
+        current = self._current
+        if current is not None and not current._complete:
+            current._fail(ConnectionResetError("the request was answered before its body was read"))
+        transport.write_eof()
+        if self._reading_paused_for_body:
+            self._reading_paused_for_body = False
+            transport.resume_reading()
 
     def _head(self, response: Response, keep_alive: bool) -> bytes:
         lines = [_STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Status\r\n".encode()]
@@ -590,6 +621,10 @@ class HttpConnection(asyncio.Protocol):
     def sweep(self, now: float, limits: "Timeouts") -> None:
         """Close connections that are idle, or that are too slow sending a request head or body."""
         if self._closed:
+            return
+        if self._lingering_since is not None:
+            if now - self.last_activity > LINGER_IDLE or now - self._lingering_since > LINGER_TOTAL:
+                self._close()
             return
         if self.head_started is not None and now - self.head_started > limits.head:
             self._reject(408, "RequestTimeout", "Your socket connection to the server was not read from or "

@@ -137,6 +137,32 @@ def test_stalled_upload_is_dropped_and_stores_nothing(server, signer):
     assert not leftovers, f"temp files of the dropped upload were left behind: {leftovers}"
 
 
+def test_an_early_answer_to_a_large_upload_reaches_the_client_intact(server, signer):
+    """A PUT refused before its body is read (here: a wrong signature on a 48 MiB body sent without Expect) gets
+    its 403, not a reset: the server half-closes after the answer and discards the rest of the body until the
+    client is done (a lingering close). Closing at once would reset the connection under the client's send."""
+    body_size = 48 << 20
+    request = signer.sign("PUT", f"/{BUCKET}/refused", body=b"", payload="UNSIGNED-PAYLOAD").replace(
+        "Content-Length", str(body_size)).replace("Authorization", signer.sign(
+            "PUT", f"/{BUCKET}/other", payload="UNSIGNED-PAYLOAD").header("Authorization")).raw()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(request)
+    chunk = b"\0" * (1 << 20)
+    for _ in range(body_size // len(chunk)):
+        sock.sendall(chunk)  # a reset would raise here (EPIPE / ECONNRESET) on the tens of MiB after the answer
+    answer = b""
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            break
+        answer += data
+    sock.close()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403"), head[:200]
+    assert b"<Code>SignatureDoesNotMatch</Code>" in rest
+    assert b"connection: close" in head.lower()
+
+
 def test_client_that_never_reads_a_large_get_is_dropped(server, signer):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # fill up fast, then read nothing
