@@ -404,16 +404,18 @@ class Namespace:
             if condition.if_match != "*" and condition.if_match != current.etag:
                 raise errors.PreconditionFailed(condition="If-Match")
 
-    async def _admit_write(self) -> None:
-        """Before a body is staged: when the warm tier is full and eviction cannot free it (what is left is dirty
-        or pinned), the client is told to slow down and retry (503 SlowDown, Retry-After); reads go on."""
+    async def _admit_write(self, size: int = 1) -> None:
+        """Before a body of ``size`` bytes (at least 1: a body of unknown size) is staged: when the warm tier has
+        no room for it and eviction cannot free it (what is left is dirty or pinned), the client is told to slow
+        down and retry (503 SlowDown, Retry-After); reads go on. A tier exactly full makes room first."""
         tier = self.tier
-        if tier is None or await tier.has_room(0):
+        size = max(size, 1)
+        if tier is None or await tier.has_room(size):
             return
         evictor = getattr(tier, "evictor", None)
         if evictor is not None:
-            await evictor.make_room(0)
-            if await tier.has_room(0):
+            await evictor.make_room(size)
+            if await tier.has_room(size):
                 return
         raise errors.InsufficientStorage("The warm tier is full of data not yet safe in the cold store (or pinned); "
                                          "retry later.", retry_after=5)
@@ -644,7 +646,7 @@ class Namespace:
             return replaced
         await self._check_write_condition(bucket, key, condition)
         (await self._quota_hold(bucket, src.size, key))()
-        await self._admit_write()
+        await self._admit_write(src.size)
         new_extents = []
         try:
             for extent in src.extents:
@@ -757,7 +759,7 @@ class Namespace:
             raise errors.EntityTooLarge()
         algorithms = ["md5"] + ([upload.checksum_algorithm] if upload.checksum_algorithm else [])
         (await self._quota_hold(bucket, end - start))()
-        await self._admit_write()
+        await self._admit_write(end - start)
         writer = await ingest.run_data_io(self.data.create)
         hashers = {alg: cks.new_hasher(alg) for alg in algorithms}
         try:

@@ -102,10 +102,6 @@ def test_reading_past_capacity_evicts_clean_copies_but_never_dirty_or_pinned_one
     assert wb_cold.proxy.requests() == []
 
 
-# Serial: beside other tests the last assert failed (both params, in 1 of 2 parallel runs) with the tier at exactly
-# capacity + 5 bytes after "after.bin": a tier exactly full admits a write (Tier.has_room(0) is resident + 0 <=
-# capacity), probably once an eviction that ran while the drain was still marking objects clean freed one object.
-@pytest.mark.serial
 def test_a_tier_full_of_undrained_writes_refuses_puts_with_slowdown_and_keeps_serving_reads(server, site):
     wb_cold, cache_cold = site.cold("wb"), site.cold("cache")
     writeback, cache = link_buckets(server, [(wb_cold, "writeback", "never"), (cache_cold, "cache", "never")])
