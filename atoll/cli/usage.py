@@ -75,7 +75,11 @@ def _limit(used: int, limit: int, show=str) -> str:
     return f"{show(used)}/{show(limit)}" if limit else show(used)
 
 
-def _rate(view: dict, name: str, show=lambda v: f"{v:g}") -> str:
+def _count_rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _rate(view: dict, name: str, show=_count_rate) -> str:
     rates = view.get("rates")
     return show(rates[name]) if rates else "-"
 
@@ -94,7 +98,7 @@ def _share(view: dict) -> str:
 def _throttled(view: dict) -> str:
     if "throttled" not in view:
         return "-"
-    return f"{view['throttled']} ({view['rates']['throttled_per_second']:g}/s)"
+    return f"{view['throttled']} ({_count_rate(view['rates']['throttled_per_second'])}/s)"
 
 
 def print_usage(report: dict) -> None:
