@@ -213,11 +213,9 @@ def _sigv2():
 
 # --- header auth ------------------------------------------------------------------------------------------------
 
-def _verify_header_auth(method, raw_path, raw_query, headers, authorization, secret_for, now, max_skew):
-    credential, signed_headers, signature = _parse_authorization(authorization)
-    access_key, scope_date, region, scope = _parse_credential(credential, "AuthorizationHeaderMalformed")
-    signed_names = _parse_signed_headers(signed_headers, "AuthorizationHeaderMalformed")
-
+def _checked_request_time(headers: Mapping[str, str], scope_date: str, now: float, max_skew: float) -> str:
+    """The request's x-amz-date (or Date, as an x-amz-date string), checked against the credential scope's date
+    and the clock."""
     amz_date = headers.get("x-amz-date")
     if amz_date is not None:
         timestamp = _parse_amz_date(amz_date)
@@ -231,6 +229,14 @@ def _verify_header_auth(method, raw_path, raw_query, headers, authorization, sec
     if abs(now - timestamp) > max_skew:
         raise AuthError("RequestTimeTooSkewed",
                         "The difference between the request time and the current time is too large.")
+    return amz_date
+
+def _verify_header_auth(method, raw_path, raw_query, headers, authorization, secret_for, now, max_skew):
+    credential, signed_headers, signature = _parse_authorization(authorization)
+    access_key, scope_date, region, scope = _parse_credential(credential, "AuthorizationHeaderMalformed")
+    signed_names = _parse_signed_headers(signed_headers, "AuthorizationHeaderMalformed")
+
+    amz_date = _checked_request_time(headers, scope_date, now, max_skew)
 
     declared_payload = headers.get("x-amz-content-sha256")
     if declared_payload is None:
@@ -621,19 +627,7 @@ def verify_service_request(method: str, raw_path: str, raw_query: str, headers: 
                         "\"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".")
     access_key, scope_date, region, service, _ = parts
     signed_names = _parse_signed_headers(signed_headers, "AuthorizationHeaderMalformed")
-    amz_date = headers.get("x-amz-date")
-    if amz_date is not None:
-        timestamp = _parse_amz_date(amz_date)
-        if timestamp is None:
-            raise AuthError("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
-    else:
-        amz_date, timestamp = _parse_http_date(headers.get("date"))
-    if scope_date != amz_date[:8]:
-        raise AuthError("AuthorizationHeaderMalformed", "The authorization header is malformed; Invalid "
-                        "credential date. Date is not the same as X-Amz-Date.")
-    if abs(now - timestamp) > max_skew:
-        raise AuthError("RequestTimeTooSkewed",
-                        "The difference between the request time and the current time is too large.")
+    amz_date = _checked_request_time(headers, scope_date, now, max_skew)
     declared = headers.get("x-amz-content-sha256")
     if declared is not None and declared != UNSIGNED_PAYLOAD and declared.lower() != body_sha256:
         raise AuthError("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match "

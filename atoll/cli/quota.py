@@ -6,7 +6,6 @@ server; the exact check at commit sees a change at once, early admission within 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from typing import Optional
@@ -15,6 +14,7 @@ import typer
 from rich.table import Table
 
 from atoll.cli.main import ConfigOpt, DataDirOpt, _config, _fail, _with_store, console
+from atoll.cli.limits import change_limits
 from atoll.cli.units import format_size, parse_size
 
 app = typer.Typer(no_args_is_help=True, help="Storage quotas: bytes and objects per tenant or bucket; a write "
@@ -73,24 +73,7 @@ def quota_set(
         _fail("nothing to set: give --max-bytes or --max-objects")
     config = _config(config_file, data_dir=data_dir)
 
-    async def run(ns):
-        found = await ns.meta.get_tenant(tenant)
-        if found is None:
-            return f"no tenant named {tenant}"
-        if bucket is None:
-            found.limits = dataclasses.replace(found.limits, **changes)
-            await ns.meta.put_tenant(found)
-            return found.limits
-        target = await ns.meta.get_bucket(bucket)
-        if target is None or target.tenant != tenant:
-            return f"tenant {tenant} has no bucket named {bucket}"
-        limits = dataclasses.replace(target.limits, **changes)
-        await ns.meta.set_bucket_limits(bucket, limits)
-        return limits
-
-    result = _with_store(config, run)
-    if isinstance(result, str):
-        _fail(result)
+    result = change_limits(config, tenant, bucket, changes)
     scope = f"bucket {bucket} of tenant {tenant}" if bucket else f"tenant {tenant}"
     console.print(f"quota of {scope}: {_describe(result.max_bytes, result.max_objects)}", highlight=False)
 
