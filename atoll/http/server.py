@@ -284,18 +284,21 @@ class HttpConnection(asyncio.Protocol):
             self.head_started = self.last_activity
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError, _HeadTooLarge) as exc:
+            if self._lingering_since is None:  # else: answered early within this very buffer (an eager handler)
+                self._parse_failed(exc)
+
+    def _parse_failed(self, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
             self._reject(400, "InvalidRequest", "Protocol upgrades are not supported.")
-        except _HeadTooLarge:
+        elif isinstance(exc, _HeadTooLarge):
             self._reject(431 if self._current is None else 400, "RequestHeaderSectionTooLarge",
                          "Your request header section exceeds the maximum allowed size.")
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _HeadTooLarge):
-                self._reject(400, "RequestHeaderSectionTooLarge",
-                             "Your request header section exceeds the maximum allowed size.")
-            else:
-                self._reject(400, "BadRequest", "The HTTP request could not be parsed.")
+        elif isinstance(exc.__context__, _HeadTooLarge):
+            self._reject(400, "RequestHeaderSectionTooLarge",
+                         "Your request header section exceeds the maximum allowed size.")
+        else:
+            self._reject(400, "BadRequest", "The HTTP request could not be parsed.")
 
     def eof_received(self) -> bool | None:
         # The client will send nothing more. A request it cut off (a partial head, or a body short of its length)
@@ -342,6 +345,8 @@ class HttpConnection(asyncio.Protocol):
         self._headers[key] = text if previous is None else f"{previous},{text}"
 
     def on_headers_complete(self) -> None:
+        if self._lingering_since is not None:
+            return  # a request pipelined behind one answered early, in the same buffer: never run
         method = self.parser.get_method().decode("latin-1")
         req = Request(self, method, bytes(self._url), self._headers, self.parser.should_keep_alive())
         self.head_started = None
@@ -595,7 +600,7 @@ class HttpConnection(asyncio.Protocol):
         """A request we cannot parse: answer once, then close (the byte stream is no longer trustworthy).
         Pipelined requests before it that parsed fine are answered first, in order; one whose body broke off
         mid-way fails (its handler sees ClientGone)."""
-        if self._closed:
+        if self._closed or self._lingering_since is not None:
             return
         current = self._current
         if current is not None and not current._complete:
