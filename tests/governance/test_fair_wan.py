@@ -90,10 +90,12 @@ def test_drains_of_two_tenants_share_the_link_by_weight(moto_s3, tmp_path):
                        (*_tenant_bucket(server, light, 1, colds[1]), colds[1])]
 
             share, window = _measure(server, proxy, tenants, "r1")
+            print(f"weights 3:1: heavy tenant's share {share:.1%} over {window:.1f} s")
             assert 0.75 * 0.85 <= share <= 0.75 * 1.15, f"3:1 weights gave {share:.1%} over {window:.1f} s"
 
             _cli(server, "tenant", "set", light, "--wan-weight", "3")
             share, window = _measure(server, proxy, tenants, "r2")
+            print(f"weights 3:3: heavy tenant's share {share:.1%} over {window:.1f} s")
             assert 0.5 * 0.85 <= share <= 0.5 * 1.15, f"1:1 weights gave {share:.1%} over {window:.1f} s"
     finally:
         stop_cleanly(server)

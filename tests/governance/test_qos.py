@@ -159,6 +159,7 @@ def test_request_rate_holds_for_the_node_within_ten_percent(server):
     served = [a for a in in_window if a[1] == 200]
     refused = [a for a in in_window if a[1] == 503]
     assert {a[1] for a in answers} == {200, 503}
+    print(f"request limit 50/s: {len(served)} served, {len(refused)} refused in {WINDOW} s")
     assert 450 <= len(served) <= 550, f"{len(served)} requests served in {WINDOW} s at a limit of 50/s"
     assert len({a[3] for a in served}) == 2, "both workers served the limited tenant"
     assert len(refused) > len(served), "the client asked for more than the limit"
@@ -184,6 +185,7 @@ def test_byte_rate_holds_within_ten_percent(server):
     answers = _hammer(conns, team.url("blob"), WARMUP + WINDOW)
     sent = sum(a[2] for a in answers if a[1] == 200 and started + WARMUP <= a[0] < started + WARMUP + WINDOW)
     rate = sent / WINDOW
+    print(f"byte limit 4 MiB/s: {rate / MiB:.2f} MiB/s over {WINDOW} s")
     assert 0.9 * 4 * MiB <= rate <= 1.1 * 4 * MiB, f"{rate / MiB:.2f} MiB/s at a limit of 4 MiB/s"
     assert any(a[1] == 503 for a in answers)
     out = sum(a[2] for a in answers if a[1] == 200)  # no other GET of this tenant sent a body
