@@ -160,6 +160,7 @@ class Fsck:
         await self._check_drain()
         await self._check_counter()
         await self._check_usage()
+        await self._check_warm()
         await self._check_temp_files()
         await self._check_blob_files()
         self.report.seconds = time.monotonic() - started
@@ -429,6 +430,17 @@ class Fsck:
                     for bucket, counted, actual in wrong]
         if findings and self.repair:
             await self.meta.recount_usage()
+            for finding in findings:
+                finding.repaired = True
+
+    async def _check_warm(self) -> None:
+        """The per-bucket warm bytes that eviction reads for reservations and caps (#7)."""
+        wrong = await self.meta.count_warm()
+        findings = [self._add(Finding("warm", WARNING, f"the warm-bytes counter says {counted} bytes, the rows add up "
+                                      f"to {actual}", bucket=bucket, action="recompute the counter"))
+                    for bucket, counted, actual in wrong]
+        if findings and self.repair:
+            await self.meta.recount_warm()
             for finding in findings:
                 finding.repaired = True
 

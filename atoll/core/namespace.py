@@ -720,6 +720,10 @@ class Namespace:
         upload = await self.upload_for(identity, bucket, key, upload_id)
         if upload.checksum_algorithm:
             algorithms = {*algorithms, upload.checksum_algorithm}
+        if declared_size is not None:  # a part sent again replaces the earlier one, whose bytes it frees
+            earlier = await self.meta.list_parts(upload_id, after=part_number - 1, limit=1)
+            if earlier and earlier[0].part_number == part_number:
+                declared_size -= earlier[0].size
         release = await self._quota_hold(bucket, declared_size)
         try:
             staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)

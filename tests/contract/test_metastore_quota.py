@@ -215,12 +215,16 @@ async def test_counters_are_recounted_when_the_table_is_new_and_by_fsck(tmp_path
     await store.close()
     conn = sqlite3.connect(path)
     conn.execute("UPDATE usage SET bytes = 1, objects = 9")  # a counter gone wrong
+    conn.execute("UPDATE warm SET bytes = 2")
     conn.commit()
     conn.close()
     await store.open()
     assert await store.count_usage() == [("q1", (1, 9), (15, 1))]
     assert await store.recount_usage() == [("q1", (1, 9), (15, 1))]
     assert await store.bucket_usage(b) == (15, 1)
+    assert await store.count_warm() == [("q1", 2, 7)]  # the object; parts and blocks are not warm versions
+    assert await store.recount_warm() == [("q1", 2, 7)]
+    assert await store.count_warm() == []
     await store.close()
     conn = sqlite3.connect(path)  # a file from before the counters: counted once at open
     conn.execute("DROP TABLE usage")

@@ -110,6 +110,10 @@ def test_multipart_parts_count_and_complete_reconciles(atoll):
     etags.append(s3.upload_part(Bucket=bucket, Key="model.bin", UploadId=upload, PartNumber=3,
                                 Body=five[:2 * MIB])["ETag"])  # exactly at the limit
     assert _usage(atoll, bucket) == (12 * MIB, 0)
+    # A part sent again at a full quota replaces the earlier one: no growth, admitted (early and at commit).
+    etags[2] = s3.upload_part(Bucket=bucket, Key="model.bin", UploadId=upload, PartNumber=3,
+                              Body=five[:2 * MIB])["ETag"]
+    assert _usage(atoll, bucket) == (12 * MIB, 0)
     s3.complete_multipart_upload(Bucket=bucket, Key="model.bin", UploadId=upload, MultipartUpload={
         "Parts": [{"PartNumber": n, "ETag": e} for n, e in zip((1, 2, 3), etags)]})
     assert _usage(atoll, bucket) == (12 * MIB, 1)
@@ -183,13 +187,18 @@ def test_concurrent_writers_across_workers_fit_exactly_and_fsck_checks_counters(
         stop_cleanly(server)
     conn = sqlite3.connect(os.path.join(server.data_dir, "meta.sqlite3"))
     conn.execute("UPDATE usage SET bytes = bytes + 7, objects = 0 WHERE bucket = ?", (bucket,))
+    conn.execute("UPDATE warm SET bytes = bytes - 5 WHERE bucket = ?", (bucket,))  # eviction's per-tenant input
     conn.commit()
     conn.close()
     done = server.cli("fsck", "--json", check=False)
     found = [f for f in json.loads(done.stdout)["findings"] if f["kind"] == "usage"]
     assert done.returncode == 1 and len(found) == 1 and found[0]["bucket"] == bucket, done.stdout
     assert "20007 bytes in 0 objects" in found[0]["detail"] and "20000 bytes in 20 objects" in found[0]["detail"]
+    warm = [f for f in json.loads(done.stdout)["findings"] if f["kind"] == "warm"]
+    assert len(warm) == 1 and warm[0]["bucket"] == bucket and "says 19995 bytes" in warm[0]["detail"], done.stdout
     done = server.cli("fsck", "--json", "--repair", check=False)
-    assert [f["repaired"] for f in json.loads(done.stdout)["findings"] if f["kind"] == "usage"] == [True]
+    assert sorted((f["kind"], f["repaired"]) for f in json.loads(done.stdout)["findings"]
+                  if f["kind"] in ("usage", "warm")) == [("usage", True), ("warm", True)]
     assert server.cli("fsck", "--json", check=False).returncode == 0
     assert _usage(server, bucket) == (20000, 20)
+    assert meta_query(server, "SELECT bytes FROM warm WHERE bucket = ?", (bucket,)) == [(20000,)]

@@ -366,6 +366,13 @@ class MetaStore(Protocol):
     async def recount_usage(self) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
         """Set every bucket's counters to what its rows say; returns what count_usage would have."""
 
+    async def count_warm(self) -> list[tuple[str, int, int]]:
+        """(bucket, counted, actual) warm bytes of buckets whose per-bucket warm counter (the source of
+        ``warm_bytes_by_tenant``) disagrees with their rows, from one snapshot: for fsck."""
+
+    async def recount_warm(self) -> list[tuple[str, int, int]]:
+        """Set every bucket's warm counter to what its rows say; returns what count_warm would have."""
+
     async def reset_to_absent(self, bucket: str, key: str, version_id: str, new_version_id: str) -> bool:
         """Give up the warm bytes of the current version ``version_id`` when the cold store has them (a cold
         identity and no journal entry): the row becomes absent under ``new_version_id``, so state a process

@@ -1579,6 +1579,18 @@ class SqliteMetaStore:
     async def recount_usage(self) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
         return await self._write(sqlite_usage.recount)
 
+    async def count_warm(self) -> list[tuple[str, int, int]]:
+        def q(c):
+            c.execute("BEGIN")  # one snapshot for the counters and the rows
+            try:
+                return sqlite_warm.mismatches(c)
+            finally:
+                c.execute("COMMIT")
+        return await self._read_in_pool(q)
+
+    async def recount_warm(self) -> list[tuple[str, int, int]]:
+        return await self._write(sqlite_warm.recount)
+
     async def reset_to_absent(self, bucket: str, key: str, version_id: str, new_version_id: str) -> bool:
         def op(conn):
             row = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",

@@ -47,9 +47,20 @@ def install(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
-def recount(conn: sqlite3.Connection) -> None:
+def mismatches(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
+    """(bucket, counted bytes, actual bytes) of buckets whose row disagrees with their versions."""
+    counted = {bucket: int(size) for bucket, size in conn.execute("SELECT bucket, bytes FROM warm")}
+    actual = {bucket: int(size) for bucket, size in conn.execute(_ACTUAL)}
+    return sorted((bucket, counted.get(bucket, 0), actual.get(bucket, 0)) for bucket in counted.keys() | actual.keys()
+                  if counted.get(bucket, 0) != actual.get(bucket, 0))
+
+
+def recount(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
+    """Set every row to what the versions say; returns the mismatches it found."""
+    wrong = mismatches(conn)
     conn.execute("DELETE FROM warm")
     conn.execute(f"INSERT INTO warm {_ACTUAL}")
+    return wrong
 
 
 def by_tenant(conn: sqlite3.Connection) -> dict[str, int]:
