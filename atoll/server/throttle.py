@@ -4,8 +4,8 @@ and charge what its answer sends.
 A refused request's body that is on its way (declared, at most DISCARD_LIMIT bytes: the SDKs' block and part
 sizes) is read and thrown away, so the connection stays usable for the client's retry and the client is never
 cut off mid-send. A body the client holds back for ``100 Continue`` is not invited, and one larger than the limit
-is not read (that would spend the bandwidth the limit protects): the answer then closes the connection after it,
-as the HTTP server does for every early error.
+is not stored: the HTTP server answers and closes lingeringly, discarding what still arrives (as for every early
+answer, atoll.http.server ``_linger``).
 """
 
 from __future__ import annotations

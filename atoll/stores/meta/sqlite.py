@@ -548,6 +548,17 @@ class SqliteMetaStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._pool_conn()))
 
+    async def _read_snapshot(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``fn`` in one read transaction: every query it makes sees the same committed state (fsck compares
+        counters with the rows they sum, references with blobs)."""
+        def in_snapshot(conn: sqlite3.Connection) -> Any:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        return await self._read_in_pool(in_snapshot)
+
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         return self._writer.submit(fn)
 
@@ -1529,21 +1540,18 @@ class SqliteMetaStore:
             return left
 
         def q(c):
-            c.execute("BEGIN")  # one snapshot: a blob moving from a part to an object or to garbage is seen once
-            try:
-                # No index by blob id (nothing on the request path needs one): one pass over every reference, the
-                # extents unpacked by SQLite's JSON code. With 1M objects this takes ~2.5 s whatever the number of
-                # candidates; an IN list of them in SQL cost 2 s for 10 and 37 s for 1M.
-                for sql in ("SELECT blob_id FROM garbage", "SELECT blob_id FROM parts", "SELECT blob_id FROM blocks",
-                            "SELECT e.value ->> 0 FROM objects, json_each(objects.extents) AS e"):
-                    for (blob_id,) in c.execute(sql):
-                        left.discard(blob_id)
-                    if not left:
-                        break
-            finally:
-                c.execute("COMMIT")
+            # One snapshot: a blob moving from a part to an object or to garbage is seen once. No index by blob id
+            # (nothing on the request path needs one): one pass over every reference, the extents unpacked by
+            # SQLite's JSON code. With 1M objects this takes ~2.5 s whatever the number of candidates; an IN list
+            # of them in SQL cost 2 s for 10 and 37 s for 1M.
+            for sql in ("SELECT blob_id FROM garbage", "SELECT blob_id FROM parts", "SELECT blob_id FROM blocks",
+                        "SELECT e.value ->> 0 FROM objects, json_each(objects.extents) AS e"):
+                for (blob_id,) in c.execute(sql):
+                    left.discard(blob_id)
+                if not left:
+                    break
             return left
-        return await self._read_in_pool(q)
+        return await self._read_snapshot(q)
 
     async def count_resident_bytes(self) -> tuple[int, int]:
         row = await self._read_in_pool(lambda c: c.execute(
@@ -1568,25 +1576,13 @@ class SqliteMetaStore:
         return sqlite_usage.tenant_usage(self._reader, tenant)
 
     async def count_usage(self) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
-        def q(c):
-            c.execute("BEGIN")  # one snapshot for the counters and the rows
-            try:
-                return sqlite_usage.mismatches(c)
-            finally:
-                c.execute("COMMIT")
-        return await self._read_in_pool(q)
+        return await self._read_snapshot(sqlite_usage.mismatches)
 
     async def recount_usage(self) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
         return await self._write(sqlite_usage.recount)
 
     async def count_warm(self) -> list[tuple[str, int, int]]:
-        def q(c):
-            c.execute("BEGIN")  # one snapshot for the counters and the rows
-            try:
-                return sqlite_warm.mismatches(c)
-            finally:
-                c.execute("COMMIT")
-        return await self._read_in_pool(q)
+        return await self._read_snapshot(sqlite_warm.mismatches)
 
     async def recount_warm(self) -> list[tuple[str, int, int]]:
         return await self._write(sqlite_warm.recount)
