@@ -19,6 +19,8 @@ Example ``atoll.toml``::
     keep_alive = 60
     request_head = 30
     stall = 60
+    [packed]
+    max_size = 262144                  # bodies up to this size go to segment files; 0 = one file per object
     [tiering]
     warm_capacity = 2000000000000     # bytes; 0 = 90% of the data directory's filesystem
     high_watermark = 0.90
@@ -63,6 +65,12 @@ class Config:
     stall_timeout: float = 60.0
     max_clock_skew: float = 900.0
     min_part_size: int = 5 << 20
+    # packed store (small objects in segment files)
+    packed_max_size: int = 256 << 10  # single-PUT bodies up to this many bytes are packed; 0 = one file per object
+    segment_size: int = 64 << 20  # a process's open segment is sealed once it reaches this size
+    compaction_threshold: float = 0.5  # a sealed segment is compacted once this fraction of its bytes is dead
+    compaction_interval: float = 5.0  # seconds between compaction passes
+    compaction_grace: float = 30.0  # a compacted segment's file is deleted this long after its last move
     # tiering
     admin_address: str = "127.0.0.1:9001"  # admin API and /metrics; "off" for none
     warm_capacity: int = 0  # bytes the warm tier may hold; 0 = 90% of the data directory's filesystem
@@ -142,6 +150,11 @@ _SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "stall_timeout": (float, ("timeouts", "stall"), "ATOLL_STALL_TIMEOUT"),
     "max_clock_skew": (float, ("max_clock_skew",), "ATOLL_MAX_CLOCK_SKEW"),
     "min_part_size": (int, ("min_part_size",), "ATOLL_MIN_PART_SIZE"),
+    "packed_max_size": (int, ("packed", "max_size"), "ATOLL_PACKED_MAX_SIZE"),
+    "segment_size": (int, ("packed", "segment_size"), "ATOLL_SEGMENT_SIZE"),
+    "compaction_threshold": (float, ("packed", "compaction_threshold"), "ATOLL_COMPACTION_THRESHOLD"),
+    "compaction_interval": (float, ("packed", "compaction_interval"), "ATOLL_COMPACTION_INTERVAL"),
+    "compaction_grace": (float, ("packed", "compaction_grace"), "ATOLL_COMPACTION_GRACE"),
     "admin_address": (str, ("admin_address",), "ATOLL_ADMIN_ADDRESS"),
     "warm_capacity": (int, ("tiering", "warm_capacity"), "ATOLL_WARM_CAPACITY"),
     "high_watermark": (float, ("tiering", "high_watermark"), "ATOLL_HIGH_WATERMARK"),
@@ -287,6 +300,15 @@ def validate(config: Config) -> list[str]:
                         f"PostgreSQL is not available yet, got {config.metadata!r}")
     if not 1 <= config.min_part_size <= 5 << 30:
         problems.append(f"min_part_size: expected 1 byte to 5 GiB, got {config.min_part_size}")
+    if not 0 <= config.packed_max_size <= 16 << 20:
+        problems.append(f"packed_max_size: expected 0 (no packing) to 16 MiB, got {config.packed_max_size}")
+    if not (64 << 10) <= config.segment_size <= (4 << 30):
+        problems.append(f"segment_size: expected 64 KiB to 4 GiB, got {config.segment_size}")
+    if not 0 < config.compaction_threshold <= 1:
+        problems.append(f"compaction_threshold: expected a fraction in (0, 1], got {config.compaction_threshold}")
+    for name in ("compaction_interval", "compaction_grace"):
+        if getattr(config, name) <= 0:
+            problems.append(f"{name}: expected a positive number of seconds, got {getattr(config, name)}")
     if config.admin_address != "off":
         _check_address("admin_address", config.admin_address, problems)
     if config.warm_capacity < 0:

@@ -134,6 +134,12 @@ class Unavailable(AtollError):
         self.retry_after = retry_after
 
 
+class SegmentClosed(Unavailable):
+    """A write's packed record lies in a segment that compaction closed before the write's metadata commit
+    (atoll/stores/meta/sqlite_segments.py). The namespace writes the record again and retries; a client sees it
+    only if that fails too, as a retryable 503."""
+
+
 class InsufficientStorage(Unavailable):
     """The warm tier has no space for this write now."""
 

@@ -34,3 +34,12 @@ TENANT_THROTTLED = Counter("atoll_tenant_throttled", "Requests refused by a tena
                            ["tenant"])
 TENANT_BYTES = Counter("atoll_tenant_bytes", "Body bytes per tenant: in (requests), out (answers)",
                        ["tenant", "direction"])
+# packed store (#8)
+GROUP_COMMIT_RECORDS = Histogram("atoll_group_commit_batch_size", "Records made durable by one segment fdatasync",
+                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+GROUP_COMMIT_SECONDS = Histogram("atoll_group_commit_seconds", "Time to write and fdatasync one batch of records",
+                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+COMPACTIONS = Counter("atoll_compactions", "Segments compacted (their live records moved, the file retired)")
+COMPACTION_MOVED_BYTES = Counter("atoll_compaction_moved_bytes", "Live record bytes copied by compaction")
+COMPACTION_RECLAIMED_BYTES = Counter("atoll_compaction_reclaimed_bytes",
+                                     "Bytes of segment files deleted after compaction")

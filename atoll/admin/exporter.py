@@ -39,6 +39,7 @@ class Snapshot:
     pinned: dict[str, int] = field(default_factory=dict)  # bucket -> pinned bytes
     endpoints: list[dict] = field(default_factory=list)  # merged views of the links' endpoints
     stores: list[dict] = field(default_factory=list)  # status.cold_stores: each link with its endpoint's numbers
+    packed: dict = field(default_factory=dict)  # status.packed_status
 
 
 async def take_snapshot(tier: "Tiering", started: float, peers_dir: str | None = None) -> Snapshot:
@@ -53,6 +54,7 @@ async def take_snapshot(tier: "Tiering", started: float, peers_dir: str | None =
         snapshot.resident[link.bucket] = await meta.resident_bytes(link.bucket)
         snapshot.pinned[link.bucket] = await meta.pinned_bytes(link.bucket)
     snapshot.endpoints = health.endpoints
+    snapshot.packed = await status.packed_status(tier)
     snapshot.stores = [view for view in status.cold_stores(health) if view["endpoint"] is not None]
     return snapshot
 
@@ -78,6 +80,17 @@ class TierGauges(Collector):
                                 value=s.warm["resident"])
         yield GaugeMetricFamily("atoll_warm_pinned_bytes", "Resident bytes pinned against eviction",
                                 value=s.warm["pinned"])
+        if s.packed:
+            segments = GaugeMetricFamily("atoll_packed_segments", "Segment files of the packed store, by state",
+                                         labels=["state"])
+            for state, count in sorted(s.packed["segments"].items()):
+                segments.add_metric([state], count)
+            yield segments
+            packed_bytes = GaugeMetricFamily("atoll_packed_bytes", "Bytes in segment files: live (objects point at "
+                                             "them) and dead (left for compaction)", labels=["kind"])
+            packed_bytes.add_metric(["live"], s.packed["live_bytes"])
+            packed_bytes.add_metric(["dead"], s.packed["dead_bytes"])
+            yield packed_bytes
         yield GaugeMetricFamily("atoll_drain_paused", "1 while the drain is paused by an operator",
                                 value=int(s.drain_paused))
 

@@ -47,6 +47,28 @@ async def warm_status(tier: "Tiering") -> dict:
             "high_watermark": tier.settings.high_watermark, "low_watermark": tier.settings.low_watermark}
 
 
+async def packed_status(tier: "Tiering") -> dict:
+    """The packed store (#8): segments by state, and their bytes — live (objects point at them), dead (overwritten,
+    deleted or never committed: what compaction reclaims) and on disk. An open segment's size is its file's."""
+    from atoll.core.ingest import run_io
+    from atoll.stores.data.segments import RECORD_HEADER
+
+    segments = await tier.meta.list_segments()
+    by_state = {state: 0 for state in ("open", "sealed", "compacting", "retired")}
+    on_disk = live = records = 0
+    for segment in segments:
+        by_state[segment.state] = by_state.get(segment.state, 0) + 1
+        size = segment.size
+        if segment.state == "open":
+            size = await run_io(tier.data.segments.size, segment.segment_id) or 0
+        on_disk += size
+        if segment.state != "retired":
+            live += segment.live_bytes
+            records += segment.live_count
+    return {"segments": by_state, "bytes_on_disk": on_disk, "live_bytes": live, "live_records": records,
+            "dead_bytes": max(on_disk - live - RECORD_HEADER.size * records, 0)}
+
+
 async def drain_status(tier: "Tiering") -> dict:
     paused = bool(await tier.meta.get_flag("drain_paused"))
     return {"paused": paused, "backlog": backlog_view(*await tier.meta.drain_backlog())}
@@ -170,7 +192,7 @@ async def server_status(tier: "Tiering", peers_dir: str | None = None) -> dict:
     health = await cold_health(tier, peers_dir)
     counts = await bucket_counts()
     return {"warm": await warm_status(tier), "drain": await drain_status(tier),
-            "cold_endpoints": health.endpoints, "cold_stores": cold_stores(health),
+            "packed": await packed_status(tier), "cold_endpoints": health.endpoints, "cold_stores": cold_stores(health),
             "buckets": await linked_buckets(tier, health, counts)}
 
 

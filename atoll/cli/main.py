@@ -75,11 +75,15 @@ def serve(
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Serving processes sharing the port."),
     access_log: Optional[str] = typer.Option(None, "--access-log", help='Access log path, "-" for stderr, "off".'),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning or error."),
+    packed_max_size: Optional[int] = typer.Option(None, "--packed-max-size", help="Pack single-PUT objects up to "
+                                                  "this many bytes into segment files (default 262144); 0: one "
+                                                  "file per object."),
 ) -> None:
     """Run the Atoll server."""
     config = _config(config_file, data_dir=data_dir, s3_address=s3_address, s3_domains=s3_domain or None,
                      blob_listen=blob_address, blob_domains=blob_domain or None,
-                     region=region, workers=workers, access_log=access_log, log_level=log_level)
+                     region=region, workers=workers, access_log=access_log, log_level=log_level,
+                     packed_max_size=packed_max_size)
     from atoll.admin.multiproc import prepare_metrics_dir
 
     # Before anything imports prometheus_client (lifecycle does): it picks per-process files at import time.

@@ -92,7 +92,7 @@ async def local_status(ns) -> dict:
     from atoll.admin import status
 
     return {"warm": await status.warm_status(ns.tier), "drain": await status.drain_status(ns.tier),
-            "buckets": await status.linked_buckets(ns.tier)}
+            "packed": await status.packed_status(ns.tier), "buckets": await status.linked_buckets(ns.tier)}
 
 
 def collect_report(config: Config, url: str | None, token: str | None) -> dict[str, Any]:
@@ -171,6 +171,14 @@ def print_status(report: dict) -> None:
     table.add_row("drain", "[bold yellow]paused[/]" if drain["paused"] else "running")
     table.add_row("backlog", f"{backlog['objects']} objects, {human_bytes(backlog['bytes'])}, recovery point "
                              f"{human_age(backlog['oldest_age_seconds'])}")
+    packed = report.get("packed")
+    if packed:
+        states = packed["segments"]
+        table.add_row("packed store", f"{sum(states.values())} segments ({states['open']} open, {states['sealed']} "
+                                      f"sealed, {states['compacting']} compacting, {states['retired']} retired), "
+                                      f"{human_bytes(packed['bytes_on_disk'])} on disk: "
+                                      f"{human_bytes(packed['live_bytes'])} live in {packed['live_records']} "
+                                      f"objects, {human_bytes(packed['dead_bytes'])} dead")
     console.print(table)
 
     if server["reachable"]:

@@ -23,6 +23,9 @@ removal of one file):
   server runs (``drain_claim``: information only, the next start voids them; repair voids them now).
 - the resident-bytes counter against the rows (``resident_bytes``): recomputed. Likewise each bucket's usage
   counters (bytes and objects, which quotas are checked against) (``usage``).
+- the packed store (#8): segments without a file (``missing_segment``), files without a row (``stray_segment``:
+  deleted), compacted segments whose file is still there (``retired_segment``: deleted), and each segment's live
+  counters against the objects pointing into it (``segment_counters``: the reverse index is rebuilt).
 
 Beside a running server (``online``) the check is safe and so is the repair: files changed within ``grace``
 seconds are writes in flight, not leftovers; temp files of live processes are left alone; claims belong to the
@@ -163,6 +166,7 @@ class Fsck:
         await self._check_warm()
         await self._check_temp_files()
         await self._check_blob_files()
+        await self._check_segments()
         self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -479,6 +483,52 @@ class Fsck:
                     await self._leftover(orphan, "orphan_blob", f"a blob of {orphan.size} bytes that nothing "
                                                                 "refers to (a write cut off before its metadata "
                                                                 "commit)")
+
+    async def _check_segments(self) -> None:
+        """The packed store (#8): segment rows against files, and each segment's live counters against the
+        objects that point into it. Objects pointing into a missing or short segment were reported by the object
+        phase (``missing_blob``, ``short_blob``: a segment is a blob to it)."""
+        files_of = getattr(self.data, "segments", None)
+        if files_of is None:
+            return
+        rows = {s.segment_id: s for s in await self.meta.list_segments()}
+        files = set(await run_io(files_of.list_ids))
+        self.counts["segments"] = len(rows)
+        now = time.time()
+        for segment in rows.values():
+            if segment.segment_id not in files:
+                if segment.state != "retired":
+                    self._add(Finding("missing_segment", ERROR, f"segment {segment.segment_id} ({segment.state}, "
+                                      f"{segment.live_count} live records) has no file", blob_id=segment.segment_id,
+                                      action="none: its objects are reported as missing_blob"))
+                continue
+            if segment.state == "retired" and (not self.online or now - segment.retired > self.grace):
+                finding = self._add(Finding("retired_segment", WARNING, f"segment {segment.segment_id} was compacted "
+                                            "but its file is still there", blob_id=segment.segment_id,
+                                            where=f"segments/{segment.segment_id}", action="delete the file"))
+                if self.repair:
+                    await run_io(files_of.delete, segment.segment_id)
+                    await self.meta.forget_segment(segment.segment_id)
+                    finding.repaired = True
+        for segment_id in sorted(files - rows.keys()):
+            changed = await run_io(files_of.changed, segment_id)
+            if changed is None or changed >= self.cutoff:
+                continue  # being created by a live writer, which registers it next
+            size = await run_io(files_of.size, segment_id)
+            finding = self._add(Finding("stray_segment", WARNING, f"a segment file of {size} bytes the index does not "
+                                        "know (its writer stopped before registering it: nothing points into it)",
+                                        blob_id=segment_id, where=f"segments/{segment_id}", action="delete the file"))
+            if self.repair:
+                finding.repaired = await run_io(files_of.delete, segment_id)
+        wrong = await self.meta.recount_segments(False)
+        findings = [self._add(Finding("segment_counters", WARNING, f"segment {segment_id} counts {said} live bytes in "
+                                      f"{said_n} records, its references add up to {counted} in {counted_n}",
+                                      blob_id=segment_id, action="rebuild the reference index and counters"))
+                    for segment_id, said, counted, said_n, counted_n in wrong]
+        if findings and self.repair:
+            await self.meta.recount_segments(True)
+            for finding in findings:
+                finding.repaired = True
 
     async def _leftover(self, found: FoundFile, kind: str, detail: str) -> None:
         finding = self._add(Finding(kind, WARNING, detail, blob_id=found.blob_id or "", where=found.where,

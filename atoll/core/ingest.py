@@ -52,7 +52,7 @@ async def run_data_io(fn, *args):
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise _storage_error(exc) from exc
+        raise storage_error(exc) from exc
 
 
 @dataclass(slots=True)
@@ -72,7 +72,7 @@ class StagedBlob:
             await run_io(self.writer.commit)
         except OSError as exc:
             await run_io(self.writer.abort)
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
 
     async def abort(self) -> None:
         await _abort_shielded(self.writer)
@@ -83,7 +83,7 @@ async def _abort_shielded(writer: BlobWriter) -> None:
     await asyncio.shield(run_io(writer.abort))
 
 
-def _storage_error(exc: OSError) -> errors.AtollError:
+def storage_error(exc: OSError) -> errors.AtollError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return errors.InsufficientStorage("The warm tier is out of space; retry later.", retry_after=5)
     return errors.Unavailable("A storage error occurred; retry later.")
@@ -122,7 +122,7 @@ async def stage(store: DataStore, body: AsyncIterator[bytes], algorithms: Iterab
             await run_io(_write_and_hash, writer, hashers, pieces)
     except OSError as exc:
         await _abort_shielded(writer)
-        raise _storage_error(exc) from exc
+        raise storage_error(exc) from exc
     except BaseException:
         await _abort_shielded(writer)
         raise

@@ -114,6 +114,24 @@ class Extent:
     length: int
 
 
+@dataclass(slots=True)
+class SegmentInfo:
+    """A segment file of the packed store as the metadata store knows it (atoll/stores/meta/sqlite_segments.py).
+    ``size`` is known once sealed; ``live_bytes``/``live_count`` are the payload bytes and records objects still
+    point at; ``owner`` is the writing process while open, the compacting one while compacting."""
+
+    segment_id: str
+    owner: str
+    state: str  # open | sealed | compacting | retired
+    created: float
+    sealed: float = 0.0
+    size: int = 0
+    live_bytes: int = 0
+    live_count: int = 0
+    lease_until: float = 0.0
+    retired: float = 0.0
+
+
 # Headers that S3 stores with an object and returns on GET/HEAD, as (canonical name, lower-case name).
 STORED_HEADERS: tuple[tuple[str, str], ...] = (
     ("Content-Type", "content-type"),

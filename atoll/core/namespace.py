@@ -38,12 +38,15 @@ from atoll.core.models import BucketProperties
 from atoll.core import leases
 from atoll.core import quota
 from atoll.core import permissions
+from atoll.core import packing
 from atoll.core.tiering.listing import list_linked
 from atoll.stores.data.base import DataStore
+from atoll.stores.data.segments import is_segment
 from atoll.stores.cold.store import Traffic, cold_path
 from atoll.stores.meta.base import MetaStore, WriteCondition
 
 if TYPE_CHECKING:
+    from atoll.core.compaction import Compactor
     from atoll.core.tiering.tier import Tiering
 
 log = logging.getLogger("atoll.namespace")
@@ -164,7 +167,8 @@ class _HitCache(Generic[T]):
 class Namespace:
     def __init__(self, meta: MetaStore, data: DataStore, *, region: str = "us-east-1",
                  min_part_size: int = MIN_PART_SIZE, small_cache_bytes: int = 64 << 20,
-                 tier: "Tiering | None" = None, uncommitted_block_ttl: float = blk.UNCOMMITTED_BLOCK_TTL) -> None:
+                 tier: "Tiering | None" = None, uncommitted_block_ttl: float = blk.UNCOMMITTED_BLOCK_TTL,
+                 packed: packing.PackedSettings | None = None) -> None:
         self.meta = meta
         self.data = data
         self.tier = tier
@@ -182,6 +186,12 @@ class Namespace:
         self.small_cache_bytes = small_cache_bytes
         self._small_objects: OrderedDict[str, bytes] = OrderedDict()
         self._small_bytes = 0
+        # The packed store (#8): single-PUT bodies up to packed_max_size go to segment files. The writer and the
+        # compactor belong to a serving process (start_background); without them every body is a file.
+        self.packed_settings = packed or packing.PackedSettings(max_size=0)
+        self.packed_max_size = self.packed_settings.max_size
+        self.packed: packing.PackedWriter | None = None
+        self.compactor: "Compactor | None" = None
 
     # identities --------------------------------------------------------------------------------------
     async def identity(self, access_key: str) -> Identity | None:
@@ -306,7 +316,7 @@ class Namespace:
                 if extent_end > start and position < end:
                     lo = max(start, position) - position
                     hi = min(end, extent_end) - position
-                    fd = self.data.open_blob(extent.blob_id)
+                    fd = self._open_extent(extent.blob_id)
                     opened.append((fd, extent.offset + lo, hi - lo))
                 position = extent_end
                 if position >= end:
@@ -316,6 +326,13 @@ class Namespace:
                 os.close(fd)
             raise
         return opened
+
+    def _open_extent(self, blob_id: str) -> int:
+        """An fd of the blob or segment holding an extent, for the caller to close. A segment's comes from the
+        process's cache of open segments (a dup: no path lookup per request)."""
+        if is_segment(blob_id):
+            return self.data.segment_readers.dup(blob_id)
+        return self.data.open_blob(blob_id)
 
     def _small_content(self, version: ObjectVersion) -> bytes | None:
         """The whole content of a small single-blob version, served from memory when hot.
@@ -332,11 +349,14 @@ class Namespace:
             cache.move_to_end(version.version_id)
             return data
         extent = version.extents[0]
-        fd = self.data.open_blob(extent.blob_id)
-        try:
-            data = os.pread(fd, extent.length, extent.offset)
-        finally:
-            os.close(fd)
+        if is_segment(extent.blob_id):
+            data = self.data.segment_readers.pread(extent.blob_id, extent.offset, extent.length)
+        else:
+            fd = self.data.open_blob(extent.blob_id)
+            try:
+                data = os.pread(fd, extent.length, extent.offset)
+            finally:
+                os.close(fd)
         if len(data) != extent.length:
             raise errors.Unavailable("Object data is shorter than its metadata; run atoll fsck.")
         cache[version.version_id] = data
@@ -440,7 +460,14 @@ class Namespace:
             growth -= current.size if current is not None else 0
             new_objects = 0 if current is not None else 1
         held = self._quota_admission.admit(scopes, bucket, growth, new_objects)
-        return lambda: self._quota_admission.release(held, growth)
+        released = False
+
+        def release() -> None:  # once, whichever path (packed or file) gets there first
+            nonlocal released
+            if not released:
+                released = True
+                self._quota_admission.release(held, growth)
+        return release
 
     async def _stage_verified(self, body: AsyncIterator[bytes], algorithms: set[str], verify: Verifier,
                               max_size: int) -> tuple[ingest.StagedBlob, dict[str, str]]:
@@ -561,6 +588,16 @@ class Namespace:
         await self._check_write_condition(bucket, key, condition)
         release = await self._quota_hold(bucket, declared_size, key)
         try:
+            if self.packed_max_size and self.packed is not None and (
+                    declared_size is None or declared_size <= self.packed_max_size):
+                pieces, size, whole = await packing.gather(body, self.packed_max_size)
+                if whole is None:
+                    version = ObjectVersion(
+                        bucket=bucket, key=key, version_id=self.data.new_blob_id(), size=size, etag="",
+                        last_modified=0.0, headers=headers, user_meta=user_meta, owner_id=identity.owner_id)
+                    return await self._put_packed(version, b"".join(pieces), algorithms, verify,
+                                                  _lease_guarded(condition, lease_id), link, release)
+                body = whole  # larger than it said, or than packing takes: a file after all
             staged, stored = await self._stage_verified(body, algorithms, verify, MAX_SINGLE_PUT)
         finally:
             release()
@@ -571,6 +608,29 @@ class Namespace:
             extents=[Extent(staged.blob_id, 0, staged.size)], owner_id=identity.owner_id,
         )
         return await self._commit_version(version, _lease_guarded(condition, lease_id), link)
+
+    async def _put_packed(self, version: ObjectVersion, payload: bytes, algorithms: set[str], verify: Verifier,
+                          condition: WriteCondition, link: Link | None, release: Callable[[], None]) -> ObjectVersion:
+        """A small body as a record of this process's open segment (atoll.core.packing): verified, made durable by
+        the segment's group commit, then committed like any version. If compaction closed the segment before the
+        commit (SegmentClosed, rare: it needs a full segment compacted within seconds), the record is written
+        again into the open segment."""
+        await self._admit_write(len(payload))
+        digests = await packing.digests(payload, {"md5", *algorithms})
+        stored = verify(digests, len(payload))
+        release()
+        version.etag = digests["md5"].hex()
+        version.checksums, version.checksum_type = stored, "FULL_OBJECT" if stored else ""
+        for attempt in (0, 1):
+            segment, offset = await self.packed.append(payload)
+            version.extents = [Extent(segment, offset, len(payload))]
+            version.last_modified = time.time()
+            try:
+                return await self._commit_version(version, condition, link)
+            except errors.SegmentClosed:
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def delete_object(self, identity: Identity, bucket: str, key: str, *, lease_id: str | None = None) -> None:
         validate_key(key)
@@ -995,6 +1055,18 @@ class Namespace:
 
     def start_background(self, primary: bool = True) -> None:
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
+        settings = self.packed_settings
+        segments = getattr(self.data, "segments", None)
+        if segments is not None:
+            from atoll.core.compaction import Compactor
+
+            # Every serving process appends to a segment of its own and takes part in compaction (one segment
+            # per compactor at a time, under a lease), also with packing off: segments written before still
+            # need compacting.
+            self.packed = packing.PackedWriter(self.meta, segments, self.data.check_room, settings.segment_size)
+            self.compactor = Compactor(self.meta, self.data, self.packed, threshold=settings.compaction_threshold,
+                                       interval=settings.compaction_interval, grace=settings.compaction_grace)
+            self.compactor.start()
         if self.tier is not None:
             self.tier.start_background(primary)
 
@@ -1012,6 +1084,10 @@ class Namespace:
             await asyncio.sleep(2.0 + secrets.randbelow(1000) / 1000)
 
     async def stop_background(self) -> None:
+        if self.compactor is not None:
+            await self.compactor.stop()
+        if self.packed is not None:
+            await self.packed.close()
         if self.tier is not None:
             await self.tier.stop_background()
         if self._gc_task is not None:

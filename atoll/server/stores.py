@@ -8,6 +8,7 @@ import os
 
 from atoll.config import Config
 from atoll.core.namespace import Namespace
+from atoll.core.packing import PackedSettings
 from atoll.core.tiering.jobs import JobRunner
 from atoll.core.tiering.tier import Tiering, TierSettings
 from atoll.stores.cold.endpoint import BreakerSettings, TrafficPolicy
@@ -64,7 +65,11 @@ def tier_settings(config: Config) -> TierSettings:
 def build_namespace(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> Namespace:
     tier = Tiering(meta, data, tier_settings(config))
     ns = Namespace(meta, data, region=config.region, min_part_size=config.min_part_size, tier=tier,
-                   uncommitted_block_ttl=config.uncommitted_block_ttl)
+                   uncommitted_block_ttl=config.uncommitted_block_ttl,
+                   packed=PackedSettings(max_size=config.packed_max_size, segment_size=config.segment_size,
+                                         compaction_threshold=config.compaction_threshold,
+                                         compaction_interval=config.compaction_interval,
+                                         compaction_grace=config.compaction_grace))
     tier.namespace = ns
     tier.job_runner = JobRunner(tier)  # runs only where start_background(primary=True) starts it
     return ns

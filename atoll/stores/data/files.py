@@ -28,6 +28,7 @@ import stat
 from typing import Iterator
 
 from atoll.stores.data.base import FoundFile
+from atoll.stores.data.segments import SegmentFiles, SegmentReaders, is_segment
 
 _FANOUT_HEX = 3
 _BLOB_NAME = re.compile(r"[0-9a-f]{32}")
@@ -126,6 +127,9 @@ class FileDataStore:
         self.blob_dir = os.path.join(self.root, "blobs")
         self.tmp_dir = os.path.join(self.root, "tmp")
         self._prepare()
+        # Small objects live as records in segment files; an extent's blob id says which store holds it.
+        self.segments = SegmentFiles(self.root)
+        self.segment_readers = SegmentReaders(self.segments)
         st = os.statvfs(self.root)
         self.reserve = min(max(st.f_blocks * st.f_frsize // _RESERVE_FRACTION, _RESERVE_MIN), _RESERVE_MAX)
 
@@ -157,6 +161,8 @@ class FileDataStore:
         return secrets.token_hex(16)
 
     def blob_path(self, blob_id: str) -> str:
+        if is_segment(blob_id):
+            return self.segments.path(blob_id)
         return os.path.join(self.blob_dir, blob_id[:_FANOUT_HEX], blob_id)
 
     def create(self, blob_id: str | None = None) -> FileBlobWriter:
@@ -208,6 +214,8 @@ class FileDataStore:
         return len(data)
 
     def delete(self, blob_id: str) -> None:
+        if is_segment(blob_id):
+            return  # a record dies when no object points at it; its segment goes only through compaction
         try:
             os.unlink(self.blob_path(blob_id))
         except FileNotFoundError:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence, TypeVar
 
 from atoll.core.leases import Lease
-from atoll.core.models import BucketProperties
+from atoll.core.models import BucketProperties, SegmentInfo
 from atoll.core.models import (Block, Bucket, CheckpointGroup, CopyState, DrainEntry, Identity, Job, Limits, Link,
                                ListEntry, ObjectVersion, Part, Tenant, Upload)
 
@@ -346,6 +346,48 @@ class MetaStore(Protocol):
 
     async def recount_resident_bytes(self) -> tuple[int, int]:
         """Set the resident-bytes counter to what the rows say; returns (old value, new value)."""
+
+    # packed store (#8; atoll/stores/meta/sqlite_segments.py, tests/contract/test_metastore_segments.py) ------
+    # Extents whose blob id starts with "s" point into segment files. The store keeps, in the same transaction
+    # as every change to objects, a reverse index of those extents and each segment's live bytes and records;
+    # a write whose extents point into a segment that is not open or sealed raises SegmentClosed, changing
+    # nothing. Segment records are never garbage (their bytes are reclaimed by compaction, not collection).
+    async def register_segment(self, segment_id: str, owner: str) -> None:
+        """Record a new segment, open, written by ``owner`` ("node:pid:start")."""
+
+    async def seal_segment(self, segment_id: str, size: int) -> bool:
+        """Open -> sealed with its final ``size``; False if it was not open."""
+
+    async def seal_orphan_segments(self, node: str, owners_alive: set[str], sizes: dict[str, int]) -> list[str]:
+        """Seal the open segments of ``node`` whose owner is not in ``owners_alive``, with the sizes given (only
+        those in ``sizes``); returns their ids."""
+
+    async def list_segments(self) -> list[SegmentInfo]:
+        ...
+
+    async def claim_compaction(self, owner: str, lease: float, threshold: float, settle: float) -> SegmentInfo | None:
+        """Mark the next segment to compact as compacting under ``owner`` for ``lease`` seconds: first one whose
+        compactor's lease ran out, else a sealed one (sealed over ``settle`` seconds ago) with no live record or
+        with a dead fraction of at least ``threshold``. None if there is none."""
+
+    async def segment_refs(self, segment_id: str, after: int, limit: int) -> list[tuple[int, int, str, str]]:
+        """(offset, length, bucket, key) of the live records of a segment after offset ``after``, in order."""
+
+    async def move_packed(self, segment_id: str, owner: str, lease: float,
+                          moves: Sequence[tuple[str, str, int, str, int]]) -> int:
+        """Repoint objects at copies of their records, (bucket, key, old offset, new segment, new offset), those
+        still pointing at the old place only; renews the lease; Unavailable if ``owner`` lost it. Returns how
+        many objects moved."""
+
+    async def retire_segment(self, segment_id: str, owner: str) -> bool:
+        """Compacting -> retired, if no reference into it is left."""
+
+    async def forget_segment(self, segment_id: str) -> None:
+        """Drop a retired segment's row (its file is deleted)."""
+
+    async def recount_segments(self, repair: bool) -> list[tuple[str, int, int, int, int]]:
+        """Segments whose live counters disagree with the objects: (id, bytes said, bytes counted, records said,
+        records counted); ``repair`` rebuilds the index and the counters."""
 
     # usage and quotas (#7; tests/contract/test_metastore_quota.py) ------------------------------------------
     # Every change keeps per-bucket counters exact in its own transaction: bytes of current versions whatever

@@ -27,13 +27,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 from atoll import errors
 from atoll.core.models import (RESIDENCY_CODES, RESIDENCY_NAMES, Block, Bucket, CheckpointGroup, DrainEntry, Extent,
-                               Identity, Job, Limits, Link, ListEntry, ObjectVersion, Part, ROOT_TENANT, Tenant,
+                               Identity, Job, Limits, Link, ListEntry, ObjectVersion, Part, ROOT_TENANT, SegmentInfo, Tenant,
                                Upload, tenant_name_for_key)
 from atoll.core.models import CopyState
 from atoll.core.leases import Lease, check_write
 from atoll.core.models import BucketProperties
 from atoll.stores.meta.base import WriteCondition
-from atoll.stores.meta import sqlite_usage, sqlite_warm
+from atoll.stores.meta import sqlite_segments, sqlite_usage, sqlite_warm
 
 SCHEMA_VERSION = 2
 
@@ -454,6 +454,8 @@ def _store_error(exc: sqlite3.Error) -> errors.AtollError:
     InsufficientStorage, like a blob write that finds no room; anything else is Unavailable. Both are retried by
     clients; the connection stays usable (the failed transaction is rolled back, the WAL's uncommitted frames
     are overwritten by the next commit)."""
+    if sqlite_segments.is_segment_closed(exc):
+        return errors.SegmentClosed("A packed record's segment was closed by compaction; retry.")
     if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
         return errors.InsufficientStorage("The metadata store is out of disk space; retry later.", retry_after=5)
     return errors.Unavailable(f"metadata store error: {exc.__class__.__name__}")
@@ -510,6 +512,7 @@ class SqliteMetaStore:
         _adopt_tenants(conn)
         sqlite_usage.install(conn)
         sqlite_warm.install(conn)
+        sqlite_segments.install(conn)
         conn.execute("INSERT INTO counters VALUES ('resident_bytes', 0) ON CONFLICT (name) DO NOTHING")
         conn.close()
         self._reader = _connect(self.path, readonly=True)
@@ -1553,6 +1556,44 @@ class SqliteMetaStore:
             return left
         return await self._read_snapshot(q)
 
+    # packed store: segments (atoll/stores/meta/sqlite_segments.py) -------------------------------------
+    async def register_segment(self, segment_id: str, owner: str) -> None:
+        await self._write(lambda conn: sqlite_segments.register(conn, segment_id, owner, time.time()))
+
+    async def seal_segment(self, segment_id: str, size: int) -> bool:
+        return await self._write(lambda conn: sqlite_segments.seal(conn, segment_id, size, time.time()))
+
+    async def seal_orphan_segments(self, node: str, owners_alive: set[str], sizes: dict[str, int]) -> list[str]:
+        return await self._write(lambda conn: sqlite_segments.seal_orphans(conn, owners_alive, node, sizes,
+                                                                           time.time()))
+
+    async def list_segments(self) -> list[SegmentInfo]:
+        return await self._read_in_pool(sqlite_segments.select_all)
+
+    async def claim_compaction(self, owner: str, lease: float, threshold: float, settle: float) -> SegmentInfo | None:
+        return await self._write(lambda conn: sqlite_segments.claim(conn, owner, time.time(), lease, threshold,
+                                                                    settle))
+
+    async def segment_refs(self, segment_id: str, after: int, limit: int) -> list[tuple[int, int, str, str]]:
+        return await self._read_in_pool(lambda c: sqlite_segments.refs(c, segment_id, after, limit))
+
+    async def move_packed(self, segment_id: str, owner: str, lease: float,
+                          moves: Sequence[tuple[str, str, int, str, int]]) -> int:
+        return await self._write(lambda conn: sqlite_segments.move(conn, segment_id, owner, time.time() + lease,
+                                                                   moves))
+
+    async def retire_segment(self, segment_id: str, owner: str) -> bool:
+        return await self._write(lambda conn: sqlite_segments.retire(conn, segment_id, owner, time.time()))
+
+    async def forget_segment(self, segment_id: str) -> None:
+        await self._write(lambda conn: conn.execute("DELETE FROM segments WHERE segment_id = ? AND state = 'retired'",
+                                                    (segment_id,)))
+
+    async def recount_segments(self, repair: bool) -> list[tuple[str, int, int, int, int]]:
+        if repair:
+            return await self._write(lambda conn: sqlite_segments.recount(conn, True))
+        return await self._read_snapshot(lambda c: sqlite_segments.recount(c, False))
+
     async def count_resident_bytes(self) -> tuple[int, int]:
         row = await self._read_in_pool(lambda c: c.execute(
             "SELECT (SELECT value FROM counters WHERE name = 'resident_bytes'), "
@@ -1669,6 +1710,8 @@ def _require_bucket(conn: sqlite3.Connection, bucket: str) -> None:
 
 
 def _add_garbage(conn: sqlite3.Connection, blob_ids: Sequence[str], now: float) -> None:
+    # A record in a segment is not garbage to collect: it is dead once no object points at it (packed_refs).
+    blob_ids = [b for b in blob_ids if not b.startswith("s")]
     if blob_ids:
         conn.executemany("INSERT INTO garbage VALUES (?, ?) ON CONFLICT (blob_id) DO NOTHING",
                          [(b, now) for b in blob_ids])
