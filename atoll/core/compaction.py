@@ -31,6 +31,7 @@ log = logging.getLogger("atoll.compaction")
 
 LEASE_SECONDS = 60.0
 SETTLE_SECONDS = 10.0  # a segment sealed less than this ago may still have PUTs committing into it
+STRAY_SECONDS = 600.0  # a segment file this old without a row was never registered: nothing can point into it
 _MOVE_RECORDS = 512
 _MOVE_BYTES = 8 << 20
 
@@ -75,7 +76,8 @@ class Compactor:
             await asyncio.sleep(self.interval * (0.75 + secrets.randbelow(500) / 1000))
 
     async def housekeeping(self) -> None:
-        """Seal the segments of dead writers, delete retired segments past their grace, close stale fds."""
+        """Seal the segments of dead writers, delete retired segments past their grace and files never
+        registered, close stale fds."""
         segments = await self.meta.list_segments()
         node = node_name()
         orphans = [s for s in segments if s.state == "open" and s.owner.split(":", 1)[0] == node
@@ -97,7 +99,18 @@ class Compactor:
                 if await ingest.run_io(self.data.segments.delete, segment.segment_id):
                     metrics.COMPACTION_RECLAIMED_BYTES.inc(size)
                 await self.meta.forget_segment(segment.segment_id)
-        await ingest.run_io(self.data.segment_readers.sweep)
+        known = {s.segment_id for s in segments}
+        for segment_id in await ingest.run_io(self.data.segments.list_ids):
+            if segment_id not in known:
+                changed = await ingest.run_io(self.data.segments.changed, segment_id)
+                # Re-read the rows before deleting: the file may be a writer's brand-new segment.
+                if changed is not None and now - changed > STRAY_SECONDS and segment_id not in {
+                        s.segment_id for s in await self.meta.list_segments()}:
+                    log.warning("deleting segment file %s: never registered (its writer died first)", segment_id)
+                    await ingest.run_io(self.data.segments.delete, segment_id)
+        # On the loop, not in a thread: the loop reads through these fds, and an fd closed under a read could be
+        # reused by another open before the read — a read of the wrong file. One fstat per open segment.
+        self.data.segment_readers.sweep()
 
     async def compact_one(self) -> bool:
         """Compact one segment if one qualifies; returns whether one did."""

@@ -127,6 +127,8 @@ class Tiering:
         self._wan_weights: dict[str, float] = {}  # tenant -> its weight on cold links, refreshed with the links
         self._warm_caps: dict[str, int] = {}  # tenant -> its warm cap (0: none), refreshed with the links
         self.filler = Filler(self)
+        self._capacity_seen = (0, -1.0)  # (capacity, when): statvfs at most once a second
+        self._resident_seen = (0, -1.0)  # (resident bytes, when), for admissions far from the capacity
 
     # links ---------------------------------------------------------------------------------------------
     async def link(self, bucket: str) -> Link | None:
@@ -466,15 +468,28 @@ class Tiering:
     def capacity(self) -> int:
         if self.settings.warm_capacity:
             return self.settings.warm_capacity
-        import os
+        capacity, when = self._capacity_seen
+        now = time.monotonic()
+        if now - when > 1.0:
+            import os
 
-        st = os.statvfs(getattr(self.data, "root", "."))
-        return int(st.f_blocks * st.f_frsize * 0.9)
+            st = os.statvfs(getattr(self.data, "root", "."))
+            capacity = int(st.f_blocks * st.f_frsize * 0.9)
+            self._capacity_seen = (capacity, now)
+        return capacity
 
     async def has_room(self, size: int, bucket: str | None = None) -> bool:
         """Whether ``size`` more bytes fit in the warm tier, and (for a fill of ``bucket``) within its tenant's
-        warm cap."""
-        if await self.meta.resident_bytes() + size > self.capacity():
+        warm cap. Far from the capacity (more than 1% of it, at least 64 MiB, to spare) the resident bytes read
+        up to 50 ms ago are good enough: a storm of small PUTs does not pay a counter read each; near it, every
+        admission reads the counter."""
+        capacity = self.capacity()
+        resident, when = self._resident_seen
+        now = time.monotonic()
+        if now - when > 0.05 or resident + size + max(capacity // 100, 64 << 20) > capacity:
+            resident = await self.meta.resident_bytes()
+            self._resident_seen = (resident, now)
+        if resident + size > capacity:
             return False
         tenant = self._bucket_tenants.get(bucket) if bucket is not None else None
         cap = self._warm_caps.get(tenant, 0) if tenant is not None else 0

@@ -201,7 +201,8 @@ def _finish_short_write(fd: int, buffers: Sequence[bytes | memoryview], position
 class SegmentReaders:
     """Read-only fds of segments, opened once per process and kept: a small GET is one ``pread`` on a cached fd,
     with no open/close. ``sweep`` closes the fds of segments deleted since (compacted away), which frees their
-    disk space, and of segments not read for a while."""
+    disk space, and of segments not read for a while. Not thread-safe: used from the event loop only (an fd
+    closed by one thread while another reads through it could be reused for another file in between)."""
 
     IDLE_CLOSE = 60.0
 
