@@ -71,6 +71,7 @@ class Config:
     compaction_threshold: float = 0.5  # a sealed segment is compacted once this fraction of its bytes is dead
     compaction_interval: float = 5.0  # seconds between compaction passes
     compaction_grace: float = 30.0  # a compacted segment's file is deleted this long after its last move
+    compaction_settle: float = 10.0  # a segment sealed less than this ago is not compacted (PUTs still committing)
     # tiering
     admin_address: str = "127.0.0.1:9001"  # admin API and /metrics; "off" for none
     warm_capacity: int = 0  # bytes the warm tier may hold; 0 = 90% of the data directory's filesystem
@@ -155,6 +156,7 @@ _SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "compaction_threshold": (float, ("packed", "compaction_threshold"), "ATOLL_COMPACTION_THRESHOLD"),
     "compaction_interval": (float, ("packed", "compaction_interval"), "ATOLL_COMPACTION_INTERVAL"),
     "compaction_grace": (float, ("packed", "compaction_grace"), "ATOLL_COMPACTION_GRACE"),
+    "compaction_settle": (float, ("packed", "compaction_settle"), "ATOLL_COMPACTION_SETTLE"),
     "admin_address": (str, ("admin_address",), "ATOLL_ADMIN_ADDRESS"),
     "warm_capacity": (int, ("tiering", "warm_capacity"), "ATOLL_WARM_CAPACITY"),
     "high_watermark": (float, ("tiering", "high_watermark"), "ATOLL_HIGH_WATERMARK"),
@@ -306,7 +308,7 @@ def validate(config: Config) -> list[str]:
         problems.append(f"segment_size: expected 64 KiB to 4 GiB, got {config.segment_size}")
     if not 0 < config.compaction_threshold <= 1:
         problems.append(f"compaction_threshold: expected a fraction in (0, 1], got {config.compaction_threshold}")
-    for name in ("compaction_interval", "compaction_grace"):
+    for name in ("compaction_interval", "compaction_grace", "compaction_settle"):
         if getattr(config, name) <= 0:
             problems.append(f"{name}: expected a positive number of seconds, got {getattr(config, name)}")
     if config.admin_address != "off":

@@ -399,6 +399,26 @@ def judge_blockput(b: Bench, summ: dict, all_summ: dict) -> list[Row]:
     return _rows(b, summ, MD5_LABEL, "md5", goal, details)
 
 
+def with_segment_check(peer, result: dict) -> dict:
+    """Adds segment_files (1/0) to an Atoll run: whether its data directory has segment files (#8 packed store), i.e.
+    whether its small object, written by PutObject, can be in one. Checked at run time: the directory is gone when
+    the rows are judged."""
+    data_dir = getattr(peer, "data_dir", None)
+    if getattr(peer, "kind", "") == "atoll" and data_dir and result.get("ok"):
+        try:
+            seg = os.path.join(data_dir, "segments")
+            result["segment_files"] = int(any(e.is_file() and e.stat().st_size for e in os.scandir(seg)))
+        except OSError:
+            result["segment_files"] = 0
+    return result
+
+
+def _packed_note(m: dict) -> str:
+    if m.get("segment_files") is None:
+        return ""
+    return "packed store (segment files)" if m["segment_files"] else "⚠ per-file (no segment files)"
+
+
 def judge_small(b: Bench, summ: dict, _all: dict) -> list[Row]:
     def ref_for(c):  # atoll wN against nginx wN
         return f"nginx w{c.peer.workers}" if c.peer is not None and hasattr(c.peer, "workers") else "nginx w1"
@@ -408,13 +428,14 @@ def judge_small(b: Bench, summ: dict, _all: dict) -> list[Row]:
         ref_label = ref_for(c)
         sub = dataclasses.replace(b, cases=[c])
 
-        def goal(cc):
+        def goal(cc):  # #8: the S3 GET of a 4 KiB object (packed store) ≥ 0.9× nginx; the Blob port keeps 0.75×
             if cc.peer is not None and cc.peer.kind == "atoll":
-                return f"≥0.75× {ref_label}", lambda m, r: r is not None and r >= 0.75
+                want = 0.75 if "blob" in cc.label else 0.9
+                return f"≥{want:g}× {ref_label}", lambda m, r: r is not None and r >= want
             return None
 
         def details(cc, m):
-            return _join(_sock(m), f"p50 {fmt_num(m.get('p50_ms'))} / p99 {fmt_num(m.get('p99_ms'))} ms",
+            return _join(_sock(m), _packed_note(m), f"p50 {fmt_num(m.get('p50_ms'))} / p99 {fmt_num(m.get('p99_ms'))} ms",
                          f"server {fmt_num(m.get('server_cores'))} cores, wrk {fmt_num(m.get('wrk_cores'))}",
                          f"{fmt_num(m.get('us_per_req_server'), 1)} µs server CPU/req")
         r = _rows(sub, summ, ref_label, ref_label, goal, details)[0]
@@ -425,9 +446,9 @@ def judge_small(b: Bench, summ: dict, _all: dict) -> list[Row]:
 
 
 def judge_head(b: Bench, summ: dict, _all: dict) -> list[Row]:
-    def goal(c):
-        if c.peer is not None and c.peer.kind == "atoll":
-            return "p99 ≤ 2 ms", lambda m, r: m.get("p99_ms") is not None and m["p99_ms"] <= 2.0
+    def goal(c):  # #8: HEAD at 64 connections p99 ≤ 1 ms, judged on the paced row; the closed loop is information
+        if c.peer is not None and c.peer.kind == "atoll" and b.id == "head-paced":
+            return "p99 ≤ 1 ms", lambda m, r: m.get("p99_ms") is not None and m["p99_ms"] <= 1.0
         return None
 
     def details(c, m):
@@ -509,7 +530,8 @@ def build(settings, peers: dict, src, list_info: dict) -> list[Bench]:
                put_case("nginx w1 (dav)", "put-big"), put_case("atoll w1", "put-big"), put_case("moto", "put-big")],
               judge_put),
         Bench("small", f"4 KiB GET, {s.conn} connections (wrk -t{s.wrk_threads}, {s.dur}s)", "rps", "req/s",
-              [pc(lab, (lambda p: lambda: wrk(p, p.get_url("small"), s.dur, s.conn, s.wrk_threads)))
+              [pc(lab, (lambda p: lambda: with_segment_check(p, wrk(p, p.get_url("small"), s.dur, s.conn,
+                                                                    s.wrk_threads))))
                for lab in ("nginx w1", "atoll w1", "atoll blob w1", "nginx w2", "atoll w2")]
               + [pc("moto", lambda p: lambda: wrk(p, p.get_url("small"), s.moto_dur, s.conn, s.wrk_threads),
                     f"presigned GET, {s.moto_dur}s runs")], judge_small),

@@ -11,3 +11,11 @@ if ! command -v azurite-blob >/dev/null 2>&1; then
   echo "installing azurite@3.37.0 (npm, global)" >&2
   $SUDO npm install -g --no-audit --no-fund --loglevel=error azurite@3.37.0
 fi
+# CPU PyTorch for the Distributed Checkpoint round trip (its test and the `dcp` row of `make bench`), pinned. On this
+# project's machines pip takes a CPU build of exactly this version from disk; an unpinned `torch` pulls a CUDA build
+# of several GB. Only PyPI is reachable from here, so no --index-url to the PyTorch CPU index.
+venv_py="$here/../.venv/bin/python"
+if [ -x "$venv_py" ] && ! "$venv_py" -c "import torch" >/dev/null 2>&1; then
+  echo "installing torch==2.13.0 (CPU) into .venv" >&2
+  "$venv_py" -m pip install -q torch==2.13.0
+fi

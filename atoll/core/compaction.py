@@ -92,6 +92,10 @@ class Compactor:
             sealed = await self.meta.seal_orphan_segments(node, alive | {self.writer.owner}, sizes)
             if sealed:
                 log.info("sealed %d segment(s) of stopped writers", len(sealed))
+        dead_compactors = {s.owner for s in segments if s.state == "compacting" and s.owner.split(":", 1)[0] == node
+                           and s.owner != self.writer.owner and not owner_alive(s.owner)}
+        if dead_compactors:  # killed mid-way: redo now rather than when the lease runs out
+            await self.meta.release_dead_compactions(sorted(dead_compactors))
         now = time.time()
         for segment in segments:
             if segment.state == "retired" and now - segment.retired >= self.grace:

@@ -571,6 +571,20 @@ class Namespace:
             raise errors.InsufficientStorage("The source object cannot be made warm now; retry later.")
         return version
 
+    def _read_extents_blocking(self, extents: Sequence[Extent]) -> bytes:
+        """The bytes of a small version (a thread's work: it opens blob files). FileNotFoundError if a blob went."""
+        pieces = []
+        for extent in extents:
+            fd = self.data.open_blob(extent.blob_id)
+            try:
+                piece = os.pread(fd, extent.length, extent.offset)
+            finally:
+                os.close(fd)
+            if len(piece) != extent.length:
+                raise FileNotFoundError(f"blob {extent.blob_id} is shorter than its extent")
+            pieces.append(piece)
+        return b"".join(pieces)
+
     async def _discard_blobs(self, blob_ids: Sequence[str]) -> None:
         if blob_ids:
             await ingest.run_io(lambda: [self.data.delete(b) for b in blob_ids])
@@ -713,8 +727,13 @@ class Namespace:
         (await self._quota_hold(bucket, src.size, key))()
         await self._admit_write(src.size)
         new_extents = []
+        packed_copy = self.packed_max_size and self.packed is not None and src.size <= self.packed_max_size
         try:
-            for extent in src.extents:
+            if packed_copy:  # a small copy is a record too (s3fs and DCP rename small files by copying)
+                payload = await ingest.run_io(self._read_extents_blocking, src.extents)
+                segment, offset = await self.packed.append(payload)
+                new_extents.append(Extent(segment, offset, len(payload)))
+            for extent in src.extents if not packed_copy else ():
                 writer = await ingest.run_data_io(self.data.create)
                 try:
                     await ingest.read_range_into(self.data, writer, extent.blob_id, extent.offset, extent.length)
@@ -1066,7 +1085,8 @@ class Namespace:
             # need compacting.
             self.packed = packing.PackedWriter(self.meta, segments, self.data.check_room, settings.segment_size)
             self.compactor = Compactor(self.meta, self.data, self.packed, threshold=settings.compaction_threshold,
-                                       interval=settings.compaction_interval, grace=settings.compaction_grace)
+                                       interval=settings.compaction_interval, grace=settings.compaction_grace,
+                                       settle=settings.compaction_settle)
             self.compactor.start()
         if self.tier is not None:
             self.tier.start_background(primary)

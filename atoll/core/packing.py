@@ -67,6 +67,7 @@ class PackedSettings:
     compaction_threshold: float = 0.5
     compaction_interval: float = 5.0
     compaction_grace: float = 30.0
+    compaction_settle: float = 10.0
 
 
 class PackedWriter:

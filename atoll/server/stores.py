@@ -69,7 +69,8 @@ def build_namespace(config: Config, meta: SqliteMetaStore, data: FileDataStore) 
                    packed=PackedSettings(max_size=config.packed_max_size, segment_size=config.segment_size,
                                          compaction_threshold=config.compaction_threshold,
                                          compaction_interval=config.compaction_interval,
-                                         compaction_grace=config.compaction_grace))
+                                         compaction_grace=config.compaction_grace,
+                                         compaction_settle=config.compaction_settle))
     tier.namespace = ns
     tier.job_runner = JobRunner(tier)  # runs only where start_background(primary=True) starts it
     return ns

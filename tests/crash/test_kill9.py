@@ -260,7 +260,10 @@ def check_disk(data_dir: str) -> tuple[list[str], int]:
     finally:
         conn.close()
     for blob in sorted(object_blobs | part_blobs):
-        if not os.path.exists(os.path.join(data_dir, "blobs", blob[:3], blob)):
+        # Small objects are records in segment files (#8): their blob id names the segment.
+        where = os.path.join(data_dir, "segments", blob) if blob.startswith("s") else \
+            os.path.join(data_dir, "blobs", blob[:3], blob)
+        if not os.path.exists(where):
             problems.append(f"blob {blob} is referenced by metadata but missing on disk")
     doomed = (object_blobs | part_blobs) & garbage
     if doomed:

@@ -362,6 +362,9 @@ class MetaStore(Protocol):
         """Seal the open segments of ``node`` whose owner is not in ``owners_alive``, with the sizes given (only
         those in ``sizes``); returns their ids."""
 
+    async def release_dead_compactions(self, owners: Sequence[str]) -> int:
+        """End the leases of segments being compacted by ``owners`` (known dead): the next claim takes them."""
+
     async def list_segments(self) -> list[SegmentInfo]:
         ...
 

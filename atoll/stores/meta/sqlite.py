@@ -1567,6 +1567,9 @@ class SqliteMetaStore:
         return await self._write(lambda conn: sqlite_segments.seal_orphans(conn, owners_alive, node, sizes,
                                                                            time.time()))
 
+    async def release_dead_compactions(self, owners: Sequence[str]) -> int:
+        return await self._write(lambda conn: sqlite_segments.release_dead_compactions(conn, owners))
+
     async def list_segments(self) -> list[SegmentInfo]:
         return await self._read_in_pool(sqlite_segments.select_all)
 
