@@ -24,7 +24,7 @@ from atoll.blob.errors import BlobError
 from atoll.core import checksums as cks
 from atoll.core.conditions import ReadConditions, check as check_conditions
 from atoll.core.ingest import run_io
-from atoll.core.models import ObjectVersion
+from atoll.core.models import ABSENT, ObjectVersion
 from atoll.core.namespace import CopySource
 from atoll.http.server import FileExtent, Response
 from atoll.stores.meta.base import WriteCondition
@@ -50,7 +50,13 @@ def _condition_failed() -> BlobError:
     return BlobError("ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met.", 412)
 
 
+_NO_CONDITIONS = ReadConditions()
+
+
 def read_conditions(headers: dict[str, str]) -> ReadConditions:
+    if "if-match" not in headers and "if-none-match" not in headers and "if-modified-since" not in headers \
+            and "if-unmodified-since" not in headers:
+        return _NO_CONDITIONS
     return ReadConditions(if_match=headers.get("if-match"), if_none_match=headers.get("if-none-match"),
                           if_modified_since=headers.get("if-modified-since"),
                           if_unmodified_since=headers.get("if-unmodified-since"))
@@ -81,19 +87,46 @@ def _decode_md5(value: str, header: str) -> bytes:
     return digest
 
 
-async def blob_headers(ctx: BlobContext, version: ObjectVersion) -> list[tuple[str, str]]:
-    """What Get Blob and Get Blob Properties report about a blob, besides length and range."""
-    out = [
-        ("ETag", quoted_etag(version.etag)),
-        ("Last-Modified", http_date(int(version.last_modified))),
-        ("Content-Type", version.headers.get("content-type", DEFAULT_CONTENT_TYPE)),
-        ("Accept-Ranges", "bytes"),
-        ("x-ms-blob-type", "BlockBlob"),
-        ("x-ms-creation-time", http_date(int(version.last_modified))),
-        ("x-ms-server-encrypted", "false"),
-    ]
-    out += [(canonical, version.headers[lower]) for canonical, lower in _RESPONSE_HEADERS if lower in version.headers]
-    out += metadata_headers(version.user_meta)
+_VERSION_HEADERS_MAX = 16384
+_version_headers: dict[tuple[str, float], tuple[tuple[tuple[str, str], ...], bytes, str | None]] = {}
+
+
+def version_headers(version: ObjectVersion) -> tuple[tuple[tuple[str, str], ...], bytes, str | None]:
+    """What Get Blob and Get Blob Properties report from the version alone (ETag, dates, content headers,
+    metadata), as pairs and as encoded header lines, and its Content-MD5. Built once per version, whose
+    properties never change (Set Blob Properties or Metadata makes a new modification time), since hot small
+    blobs are read over and over."""
+    key = (version.version_id, version.last_modified)
+    cached = _version_headers.get(key)
+    if cached is None:
+        pairs = (
+            ("ETag", quoted_etag(version.etag)),
+            ("Last-Modified", http_date(int(version.last_modified))),
+            ("Content-Type", version.headers.get("content-type", DEFAULT_CONTENT_TYPE)),
+            ("Accept-Ranges", "bytes"),
+            ("x-ms-blob-type", "BlockBlob"),
+            ("x-ms-creation-time", http_date(int(version.last_modified))),
+            ("x-ms-server-encrypted", "false"),
+            *[(canonical, version.headers[lower]) for canonical, lower in _RESPONSE_HEADERS
+              if lower in version.headers],
+            *metadata_headers(version.user_meta),
+        )
+        encoded = "".join([f"{name}: {value}\r\n" for name, value in pairs]).encode("latin-1", "replace")
+        cached = (pairs, encoded, content_md5(version))
+        if version.residency == ABSENT:
+            return cached  # its attributes may still be read from the cold store, under the same version id
+        if len(_version_headers) >= _VERSION_HEADERS_MAX:
+            _version_headers.clear()
+        _version_headers[key] = cached
+    return cached
+
+
+async def blob_headers(ctx: BlobContext, version: ObjectVersion) -> tuple[bytes, list[tuple[str, str]]]:
+    """What Get Blob and Get Blob Properties report about a blob, besides length and range: encoded header lines
+    (the version's own, when nothing overrides them) and the rest as pairs."""
+    pairs, encoded, _ = version_headers(version)
+    overridden = ctx.sas is not None and ctx.sas.response_headers
+    out = list(pairs) if overridden else []
     out += lease_headers(*await lease_state(ctx, ctx.container, ctx.blob))
     if version.part_count:
         out.append(("x-ms-blob-committed-block-count", str(version.part_count)))
@@ -102,17 +135,24 @@ async def blob_headers(ctx: BlobContext, version: ObjectVersion) -> list[tuple[s
         out += await hook(ctx.ns, version)
     if version.stale:
         out.append(("x-atoll-stale", "cold-store-unreachable"))
-    if ctx.sas is not None:
-        out = ctx.sas.override_response_headers(out)  # the rsc* values a service SAS signed
-    return out
+    if overridden:
+        return b"", ctx.sas.override_response_headers(out)  # the rsc* values a service SAS signed
+    return encoded, out
 
 
 def _copy_hook():
     """``atoll.blob.fromurl.copy_headers(ns, version) -> [(name, value)]``: x-ms-copy-* of the last copy into
     this blob, once the copy owner defines it."""
-    from atoll.blob import fromurl  # late: that module may import this one
+    global _copy_headers
+    if _copy_headers is _UNRESOLVED:
+        from atoll.blob import fromurl  # late: that module may import this one
 
-    return getattr(fromurl, "copy_headers", None)
+        _copy_headers = getattr(fromurl, "copy_headers", None)
+    return _copy_headers
+
+
+_UNRESOLVED = object()
+_copy_headers = _UNRESOLVED  # resolved on first use: an import statement per request costs a microsecond
 
 
 # ranges ----------------------------------------------------------------------------------------------------
@@ -176,13 +216,13 @@ async def get_blob(ctx: BlobContext) -> Response:
         return Response(304, [("ETag", quoted_etag(current.etag)),
                               ("Last-Modified", http_date(int(current.last_modified)))])
     try:
-        out = await blob_headers(ctx, version)
+        encoded, out = await blob_headers(ctx, version)
     except BaseException:
         _close(opened)
         raise
     status = 200
     length = end - start
-    whole_md5 = content_md5(version)
+    whole_md5 = version_headers(version)[2]
     if wanted is not None:
         status = 206
         out.append(("Content-Range", f"bytes {start}-{end - 1}/{version.size}"))
@@ -193,12 +233,14 @@ async def get_blob(ctx: BlobContext) -> Response:
     if want_md5:
         data = await _collect(opened, length)
         out.append(("Content-MD5", base64.b64encode(hashlib.md5(data).digest()).decode()))
-        return Response(status, out, body=data)
+        return Response(status, out, body=data, encoded_headers=encoded)
     if isinstance(opened, bytes):
-        return Response(status, out, body=opened)
+        return Response(status, out, body=opened, encoded_headers=encoded)
     if not isinstance(opened, list):  # read-through: streamed while the warm copy fills
-        return Response(status, out, stream=_cut_short_on_cold_failure(opened), content_length=length)
-    return Response(status, out, files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length)
+        return Response(status, out, stream=_cut_short_on_cold_failure(opened), content_length=length,
+                        encoded_headers=encoded)
+    return Response(status, out, files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length,
+                    encoded_headers=encoded)
 
 
 def _not_modified(ctx: BlobContext, version: ObjectVersion) -> bool:
@@ -220,13 +262,13 @@ async def get_blob_properties(ctx: BlobContext) -> Response:
     if _not_modified(ctx, version):
         return Response(304, [("ETag", quoted_etag(version.etag)),
                               ("Last-Modified", http_date(int(version.last_modified)))])
-    out = await blob_headers(ctx, version)
-    md5 = content_md5(version)
+    encoded, out = await blob_headers(ctx, version)
+    md5 = version_headers(version)[2]
     if md5:
         out.append(("Content-MD5", md5))
     out.append(("x-ms-access-tier", "Hot"))
     out.append(("x-ms-access-tier-inferred", "true"))
-    return Response(200, out, head_only=True, content_length=version.size)
+    return Response(200, out, head_only=True, content_length=version.size, encoded_headers=encoded)
 
 
 def _close(opened) -> None:

@@ -78,9 +78,15 @@ UNLEASED = ("unlocked", "available", "")
 
 
 def _lease_hook(name: str):
-    from atoll.blob import leases  # late: the lease module may import this one
+    leases = _lease_module[0]
+    if leases is None:
+        from atoll.blob import leases  # late: the lease module may import this one
 
+        _lease_module[0] = leases
     return getattr(leases, name, None)
+
+
+_lease_module: list = [None]  # resolved on first use: an import statement per request costs a microsecond
 
 
 async def lease_state(ctx: BlobContext, container: str, blob: str | None) -> tuple[str, str, str]:

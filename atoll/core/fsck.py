@@ -50,6 +50,7 @@ from atoll.processes import alive
 from atoll.stores.data.base import DataStore, FoundFile
 from atoll.stores.meta.base import MetaStore
 
+RETIRED_OVERDUE = 3600.0  # a compacted segment's file still there after this long was forgotten by the servers
 GRACE_SECONDS = 900.0  # beside a running server, younger files may belong to writes in flight
 FAILING_ATTEMPTS = 10  # a journal entry failing this many times in a row (about 4 minutes of retries) is reported
 PAGE = 1000
@@ -497,16 +498,30 @@ class Fsck:
         now = time.time()
         for segment in rows.values():
             if segment.segment_id not in files:
-                if segment.state != "retired":
+                if segment.state != "retired" and segment.live_count:
                     self._add(Finding("missing_segment", ERROR, f"segment {segment.segment_id} ({segment.state}, "
                                       f"{segment.live_count} live records) has no file", blob_id=segment.segment_id,
-                                      action="none: its objects are reported as missing_blob"))
+                                      action="none: its objects are reported as missing_blob (repair removes "
+                                             "them, then this row)"))
+                elif segment.state != "open":  # nothing points into it any more: only its row is left
+                    finding = self._add(Finding("missing_segment", WARNING, f"segment {segment.segment_id} has "
+                                                "no file and no live record", blob_id=segment.segment_id,
+                                                action="forget the segment"))
+                    if self.repair:
+                        await self.meta.forget_segment(segment.segment_id)
+                        finding.repaired = True
                 continue
-            if segment.state == "retired" and (not self.online or now - segment.retired > self.grace):
-                finding = self._add(Finding("retired_segment", WARNING, f"segment {segment.segment_id} was compacted "
-                                            "but its file is still there", blob_id=segment.segment_id,
-                                            where=f"segments/{segment.segment_id}", action="delete the file"))
-                if self.repair:
+            if segment.state == "retired":
+                # A server deletes the file of a compacted segment a grace after the move (readers that looked the
+                # old place up finish on it): a recent one is expected; an old one means no server did.
+                overdue = now - segment.retired > RETIRED_OVERDUE
+                finding = self._add(Finding("retired_segment", WARNING if overdue else INFO,
+                                            f"segment {segment.segment_id} was compacted "
+                                            f"{now - segment.retired:.0f}s ago; its file is still there",
+                                            blob_id=segment.segment_id, where=f"segments/{segment.segment_id}",
+                                            action="delete the file" if overdue or not self.online else
+                                            "none: the server deletes it after its grace"))
+                if self.repair and (overdue or not self.online):
                     await run_io(files_of.delete, segment.segment_id)
                     await self.meta.forget_segment(segment.segment_id)
                     finding.repaired = True

@@ -597,7 +597,10 @@ class Namespace:
         admission; the quota check at commit is exact either way."""
         validate_key(key)
         await self.bucket_for(identity, bucket, "write", key)
-        await self.check_lease(bucket, key, lease_id)
+        if lease_id is not None or declared_size is None or declared_size > self.packed_max_size:
+            # Fail fast before a large body; a small one is judged by the commit's own lease check alone (same
+            # rule, same answer), which spares a storm of small PUTs a lookup each.
+            await self.check_lease(bucket, key, lease_id)
         link = await self._write_link(bucket, key)
         await self._check_write_condition(bucket, key, condition)
         release = await self._quota_hold(bucket, declared_size, key)

@@ -88,7 +88,14 @@ class PackedWriter:
         self._closed = False
 
     async def append(self, payload: bytes | memoryview) -> tuple[str, int]:
-        return (await self.append_many([payload]))[0]
+        if self._closed:
+            raise errors.Unavailable("The server is shutting down.")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending.append((payload, fut))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await fut
 
     async def append_many(self, payloads: Sequence[bytes | memoryview]) -> list[tuple[str, int]]:
         if self._closed:
@@ -148,7 +155,10 @@ class PackedWriter:
             await self._seal_current()
 
     def _append_blocking(self, fd: int, at: int, payloads: list, size: int) -> list[int]:
-        self.check_room(size + RECORD_HEADER.size * len(payloads))
+        if size:
+            # Payload bytes only: record headers are bookkeeping like a blob file's inode, and empty objects must
+            # still be accepted on a disk whose data reserve is reached (as empty files were).
+            self.check_room(size)
         return self.files.append(fd, at, payloads)
 
     async def _open_segment(self) -> None:

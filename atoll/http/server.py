@@ -77,6 +77,9 @@ class Response:
     content_length: int | None = None  # required with ``files``/``stream``; for HEAD the length to announce
     head_only: bool = False
     close: bool = False
+    # Header lines already encoded ("Name: value\r\n" each), sent before ``headers``: what a front end caches per
+    # object version, so a hot object's head is not rebuilt and re-encoded on every request.
+    encoded_headers: bytes = b""
 
     def release(self) -> None:
         """Close file descriptors of a response that will not be sent."""
@@ -141,7 +144,7 @@ class Request:
         self._buffered = 0
         self._complete = False
         self._waiter: asyncio.Future | None = None
-        self._expect_continue = headers.get("expect", "").lower() == "100-continue"
+        self._expect_continue = "expect" in headers and headers["expect"].lower() == "100-continue"
         self._continue_sent = False
         self._consumed = False
         self._error: BaseException | None = None
@@ -399,7 +402,10 @@ class HttpConnection(asyncio.Protocol):
                                                    "We encountered an internal error. Please try again.")
                 response.close = True
             status = response.status
-            sent = await self._send(req, response)
+            if response.head_only or (response.files is None and response.stream is None):
+                sent = self._send_now(req, response)  # nothing to wait for: no coroutine needed
+            else:
+                sent = await self._send(req, response)
         except (ClientGone, ConnectionError, OSError):
             self._abort()
         except Exception:  # noqa: BLE001 - a body stream failed after the head went out: closing is the only
@@ -425,7 +431,36 @@ class HttpConnection(asyncio.Protocol):
         elif self.server.stopping or self._peer_eof:
             self._close()
 
+    def _send_now(self, req: Request, response: Response) -> int:
+        """Send an answer held in memory (a head, or a body of bytes). Not answering a request whose body was not
+        read (an error, or a body the handler did not want) ends the connection: the client may still be sending
+        that body, and closing is the only way not to misread it as the next request."""
+        keep_alive = req.keep_alive and not response.close and not self.server.stopping and req.body_complete
+        head = self._head(response, keep_alive)
+        transport = self.transport
+        if self._closed or transport is None:
+            response.release()
+            raise ClientGone()
+        sent = 0
+        if response.head_only:
+            response.release()
+            transport.write(head)
+        else:
+            body = response.body
+            sent = len(body)
+            if sent < 1 << 16:
+                transport.write(head + body if body else head)
+            else:
+                transport.write(head)
+                transport.write(body)
+        if not req.body_complete:
+            self._linger()
+        elif not keep_alive:
+            self._close()
+        return sent
+
     async def _send(self, req: Request, response: Response) -> int:
+        """An answer with files or a stream, which may have to wait for the socket."""
         keep_alive = req.keep_alive and not response.close and not self.server.stopping
         if not req.body_complete:
             # The handler answered without reading the whole body (an error, or a body it did not want). The
@@ -437,12 +472,9 @@ class HttpConnection(asyncio.Protocol):
             response.release()
             raise ClientGone()
         sent = 0
-        if response.head_only:
-            response.release()
-            transport.write(head)
-        elif response.files is not None:
+        if response.files is not None:
             sent = await self._send_files(head, response)
-        elif response.stream is not None:
+        else:
             transport.write(head)
             async for chunk in response.stream:
                 if self._closed:
@@ -451,11 +483,6 @@ class HttpConnection(asyncio.Protocol):
                 sent += len(chunk)
                 if self._write_paused:
                     await self._drain()
-        else:
-            transport.write(head + response.body if len(response.body) < 1 << 16 else head)
-            if len(response.body) >= 1 << 16:
-                transport.write(response.body)
-            sent = len(response.body)
         if not req.body_complete:
             self._linger()
         elif not keep_alive:
@@ -482,17 +509,15 @@ class HttpConnection(asyncio.Protocol):
             transport.resume_reading()
 
     def _head(self, response: Response, keep_alive: bool) -> bytes:
-        lines = [_STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Status\r\n".encode()]
+        status = response.status
         parts = [f"{name}: {value}\r\n" for name, value in response.headers]
-        if response.status != 304 and response.status >= 200 and not (response.status == 204):
+        if status != 304 and status != 204 and status >= 200:
             length = response.content_length if response.content_length is not None else len(response.body)
             parts.append(f"Content-Length: {length}\r\n")
-        parts.append(f"Date: {self.server.http_date()}\r\nServer: Atoll\r\n")
-        if not keep_alive:
-            parts.append("Connection: close\r\n")
-        parts.append("\r\n")
-        lines.append("".join(parts).encode("latin-1", "replace"))
-        return b"".join(lines)
+        parts.append(self.server.date_lines())
+        parts.append("\r\n" if keep_alive else "Connection: close\r\n\r\n")
+        return b"".join((_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode(),
+                         response.encoded_headers, "".join(parts).encode("latin-1", "replace")))
 
     async def _send_files(self, head: bytes, response: Response) -> int:
         files = response.files or []
@@ -702,13 +727,21 @@ class HttpServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._date_cache = (0, "")
+        self._date_lines = ""
         self._on_exception = on_exception
 
     def http_date(self) -> str:
         now = int(time.time())
         if self._date_cache[0] != now:
             self._date_cache = (now, formatdate(now, usegmt=True))
+            self._date_lines = f"Date: {self._date_cache[1]}\r\nServer: Atoll\r\n"
         return self._date_cache[1]
+
+    def date_lines(self) -> str:
+        """The Date and Server header lines of every answer, rebuilt once a second."""
+        if int(time.time()) != self._date_cache[0]:
+            self.http_date()
+        return self._date_lines
 
     def log_exception(self, req: Request) -> None:
         if self._on_exception is not None:

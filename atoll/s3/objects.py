@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 from email.utils import formatdate
@@ -12,7 +13,7 @@ from urllib.parse import unquote
 
 from atoll import errors
 from atoll.core.conditions import ReadConditions, check as check_conditions
-from atoll.core.models import STORED_HEADERS, ObjectVersion
+from atoll.core.models import ABSENT, STORED_HEADERS, ObjectVersion
 from atoll.core.namespace import CopySource
 from atoll.http.server import FileExtent, Response
 from atoll.s3 import xml
@@ -32,7 +33,6 @@ _OVERRIDES = (
 
 
 _OVERRIDE_PARAMS = frozenset(param for param, _ in _OVERRIDES)
-_CONDITION_HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
 
 
 # request helpers ---------------------------------------------------------------------------------------
@@ -73,7 +73,8 @@ _NO_CONDITIONS = ReadConditions()
 
 
 def read_conditions(headers: dict[str, str], prefix: str = "") -> ReadConditions:
-    if not prefix and not any(name in headers for name in _CONDITION_HEADERS):
+    if not prefix and "if-match" not in headers and "if-none-match" not in headers \
+            and "if-modified-since" not in headers and "if-unmodified-since" not in headers:
         return _NO_CONDITIONS
     return ReadConditions(
         if_match=headers.get(f"{prefix}if-match"),
@@ -119,26 +120,36 @@ def _etag_header(etag: str) -> str:
     return f'"{etag}"'
 
 
-_header_cache: dict[str, tuple[tuple[str, str], ...]] = {}
+_header_cache: dict[tuple[str, float], tuple[tuple[tuple[str, str], ...], bytes]] = {}
 STALE_HEADERS = (("Warning", '111 - "Revalidation Failed"'), ("x-atoll-stale", "cold-store-unreachable"))
 _HEADER_CACHE_MAX = 16384
 
 
-def object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
-    """The stored headers of a version, as a fresh list the caller may extend. Built once per version (its
-    ETag, dates and metadata never change, and a metadata REPLACE makes a new modification time) and then
-    copied, since hot small objects are fetched over and over."""
-    key = f"{version.version_id}/{version.last_modified}"
+def _cached_headers(version: ObjectVersion) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """The stored headers of a version, as pairs and as encoded header lines. Built once per version (its ETag,
+    dates and metadata never change, and a metadata REPLACE makes a new modification time), since hot small
+    objects are fetched over and over."""
+    key = (version.version_id, version.last_modified)
     cached = _header_cache.get(key)
     if cached is None:
-        cached = tuple(_build_object_headers(version))
+        pairs = tuple(_build_object_headers(version))
+        encoded = "".join([f"{name}: {value}\r\n" for name, value in pairs]).encode("latin-1", "replace")
+        cached = (pairs, encoded)
+        if version.residency == ABSENT:
+            return cached  # its attributes may still be read from the cold store, under the same version id
         if len(_header_cache) >= _HEADER_CACHE_MAX:
             _header_cache.clear()
         _header_cache[key] = cached
+    return cached
+
+
+def object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
+    """The stored headers of a version, as a fresh list the caller may extend."""
+    pairs = _cached_headers(version)[0]
     if version.stale:
         # Served without the revalidation its link asks for: the cold store could not be reached.
-        return [*cached, *STALE_HEADERS]
-    return list(cached)
+        return [*pairs, *STALE_HEADERS]
+    return list(pairs)
 
 
 def _build_object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
@@ -228,6 +239,18 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
         return Response(304, [("ETag", _etag_header(current.etag)),
                               ("Last-Modified", http_date(int(current.last_modified)))])
 
+    length = end - start
+    if not partial["value"] and part_number is None and not version.stale and "x-amz-checksum-mode" not in headers \
+            and (not ctx.query or _OVERRIDE_PARAMS.isdisjoint(ctx.query)):
+        # The common answer (whole object, no extras): the version's header lines go out as cached bytes.
+        encoded = _cached_headers(version)[1]
+        if head:
+            return Response(200, [], head_only=True, content_length=length, encoded_headers=encoded)
+        if isinstance(opened, bytes):
+            return Response(200, [], body=opened, encoded_headers=encoded)
+        if isinstance(opened, list):
+            return Response(200, [], files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length,
+                            encoded_headers=encoded)
     out = object_headers(version)
     status = 200
     if partial["value"]:
@@ -243,7 +266,6 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
         if version.checksum_type:
             out.append(("x-amz-checksum-type", version.checksum_type))
     out = _apply_overrides(ctx, out)
-    length = end - start
     if head:
         return Response(status, out, head_only=True, content_length=length)
     if isinstance(opened, bytes):
@@ -265,8 +287,8 @@ async def _cut_short_on_cold_failure(stream):
         raise ConnectionAbortedError(exc.message) from None
 
 
-async def head_object(ctx: S3Context) -> Response:
-    return await get_object(ctx, head=True)
+# GetObject with head=True, without a coroutine of its own wrapped around it (HEAD is a hot path).
+head_object = functools.partial(get_object, head=True)
 
 
 # PUT ---------------------------------------------------------------------------------------------------

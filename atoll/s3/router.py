@@ -24,6 +24,8 @@ UNSUPPORTED_SUBRESOURCES = frozenset((
 
 
 def _unsupported(query: dict[str, str]) -> str | None:
+    if UNSUPPORTED_SUBRESOURCES.isdisjoint(query):
+        return None  # the usual case, decided in one C call
     for name in query:
         if name in UNSUPPORTED_SUBRESOURCES:
             return name

@@ -20,9 +20,7 @@ import time
 from atoll.http.server import Request
 
 log = logging.getLogger("atoll.accesslog")
-
-def _text(value: str | None) -> str:
-    return "null" if value is None else encode_basestring(value)
+_EMPTY = '""'
 
 
 class AccessLog:
@@ -40,18 +38,26 @@ class AccessLog:
         self._thread.start()
 
     def record(self, request: Request, status: int, sent: int, elapsed: float) -> None:
-        # Formatted by hand: json.dumps of a dict cost ~15 µs, a third of a small GET; only the strings a
-        # client controls go through the JSON string encoder.
+        # Formatted by hand: json.dumps of a dict cost ~15 µs, a third of a small GET. Only the strings a client
+        # controls go through the JSON string encoder (request ids, methods, addresses and operation names are
+        # ours or parsed to tokens), and times are formatted as integers: a float's :.3f costs several times more.
         state = request.state
         key = state.get("key")
+        bucket = state.get("bucket")
+        access_key = state.get("access_key")
+        agent = request.headers.get("user-agent")
         received = request.content_length
-        line = (f'{{"time":{time.time():.3f},"request_id":"{request.id}","remote":{_text(request.client)},'
-                f'"method":{_text(request.method)},"op":{_text(state.get("op", "-"))},'
-                f'"bucket":{_text(state.get("bucket"))},"key":{_text(key[:1024] if key else None)},'
+        millis = int(time.time() * 1000)
+        micros = int(elapsed * 1e6)
+        line = (f'{{"time":{millis // 1000}.{millis % 1000:03d},"request_id":"{request.id}",'
+                f'"remote":"{request.client}","method":"{request.method}","op":"{state.get("op", "-")}",'
+                f'"bucket":{"null" if bucket is None else encode_basestring(bucket)},'
+                f'"key":{"null" if not key else encode_basestring(key[:1024])},'
                 f'"status":{status},"bytes_sent":{sent},'
-                f'"bytes_received":{"null" if received is None else received},"ms":{elapsed * 1000:.3f},'
-                f'"access_key":{_text(state.get("access_key"))},'
-                f'"agent":{_text(request.headers.get("user-agent", "")[:200])}}}')
+                f'"bytes_received":{"null" if received is None else received},'
+                f'"ms":{micros // 1000}.{micros % 1000:03d},'
+                f'"access_key":{"null" if access_key is None else encode_basestring(access_key)},'
+                f'"agent":{encode_basestring(agent[:200]) if agent else _EMPTY}}}')
         with self._lock:
             self._lines.append(line)
 

@@ -4,6 +4,10 @@
     body -> temp file, fsync -> rename into blobs/ -> fsync the directory -> metadata commit (WAL fsync)
          -> acknowledge
 
+and for a small object packed into a segment file (#8):
+
+    body -> pwritev into segments/<id> -> fdatasync of that segment -> metadata commit (WAL fsync) -> acknowledge
+
 For every write the test finds the response that acknowledged it and checks that each step completed, in that
 order, before it; for metadata-only writes (delete, multipart complete) that the WAL was synced before the reply.
 """
@@ -21,7 +25,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TRACED = "openat,mkdir,write,writev,sendto,sendmsg,fsync,fdatasync,rename,renameat,renameat2"
+TRACED = "openat,mkdir,write,writev,pwritev,pwrite64,sendto,sendmsg,fsync,fdatasync,rename,renameat,renameat2"
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +113,26 @@ class Trace:
             problems.append(f"response {n} is not a success: {response.args[:60]}")
         return problems
 
+    def check_packed_write(self, n: int) -> list[str]:
+        """A small object appended to a segment: its record written, the segment fdatasync'ed after that write,
+        then the WAL synced, all before the response."""
+        window = self.window(n)
+        segments = f"{self.root}/segments/"
+        writes = [c for c in window if c.name in ("pwritev", "pwrite64") and fd_path(c).startswith(segments)]
+        if not writes:
+            return [f"response {n}: no record written to a segment file"]
+        problems = []
+        last = writes[-1]
+        synced = [i for i in self.syncs_of(fd_path(last), window) if i > last.index]
+        if not synced:
+            return [f"response {n}: acknowledged before the segment {fd_path(last)} was synced after its record"]
+        if not [i for i in self.syncs_of(f"{self.root}/meta.sqlite3-wal", window) if i > min(synced)]:
+            problems.append(f"response {n}: acknowledged without a metadata commit (WAL sync) after the record "
+                            "was durable")
+        if not re.search(r"HTTP/1\.1 2\d\d", self.responses[n].args):
+            problems.append(f"response {n} is not a success: {self.responses[n].args[:60]}")
+        return problems
+
     def check_metadata_write(self, n: int) -> list[str]:
         if not self.syncs_of(f"{self.root}/meta.sqlite3-wal", self.window(n)):
             return [f"response {n} ({self.responses[n].args[:40]}) acknowledged a write without a WAL sync"]
@@ -145,15 +169,17 @@ def test_every_acknowledged_write_is_durable_first(new_server, strace, tmp_path)
     s3.put_object(Bucket="order", Key="warm-up", Body=b"x")
     out = str(tmp_path / "strace.txt")
     tracer = attach(strace, server.proc.pid, out)
-    expected = []  # per response, in order: ("blobs", count) or ("meta", 0)
+    expected = []  # per response, in order: ("blobs", count), ("packed", 1) or ("meta", 0)
     try:
         s3.put_object(Bucket="order", Key="small", Body=b"hello")
-        expected.append(("blobs", 1))
+        expected.append(("packed", 1))
         s3.put_object(Bucket="order", Key="empty", Body=b"")
-        expected.append(("blobs", 1))
+        expected.append(("packed", 1))
         s3.put_object(Bucket="order", Key="large", Body=os.urandom(3 << 20))  # through the two-thread pipeline
         expected.append(("blobs", 1))
         s3.put_object(Bucket="order", Key="small", Body=b"overwritten")
+        expected.append(("packed", 1))
+        s3.put_object(Bucket="order", Key="mid", Body=os.urandom(300 << 10))  # above packed_max_size: a file
         expected.append(("blobs", 1))
         upload = s3.create_multipart_upload(Bucket="order", Key="multi")["UploadId"]
         expected.append(("meta", 0))
@@ -179,7 +205,8 @@ def test_every_acknowledged_write_is_durable_first(new_server, strace, tmp_path)
         f"{len(trace.responses)} responses traced for {len(expected)} requests: {[r.args[:90] for r in trace.responses]}"
     problems = []
     for n, (kind, blobs) in enumerate(expected):
-        problems += trace.check_blob_writes(n, blobs) if kind == "blobs" else trace.check_metadata_write(n)
+        problems += (trace.check_blob_writes(n, blobs) if kind == "blobs" else trace.check_packed_write(n)
+                     if kind == "packed" else trace.check_metadata_write(n))
     assert not problems, "\n".join(problems)
     # The objects are all there, as acknowledged.
     assert s3.get_object(Bucket="order", Key="multi")["ContentLength"] == (64 << 10) + (300 << 10)

@@ -34,7 +34,9 @@ from tierutil import BLOCK, ColdSite, client, link_bucket, pattern, start_server
 pytestmark = pytest.mark.timeout(180)
 
 PART = 64 << 10
-MP_ENV = {"ATOLL_MIN_PART_SIZE": str(PART)}
+# One file per object (no packing): these tests damage blob files; tests/packed/test_fsck_segments.py damages
+# segments.
+MP_ENV = {"ATOLL_MIN_PART_SIZE": str(PART), "ATOLL_PACKED_MAX_SIZE": "0"}
 GRACE = 3  # seconds: --grace of the online checks
 
 
@@ -209,7 +211,7 @@ def test_offline_fsck_reports_and_repairs_damage(new_server):
 
 # offline: a bucket linked to Azurite -------------------------------------------------------------------------
 def test_fsck_gives_back_to_the_cold_store_what_it_has(workdir, azurite):
-    server = start_server(workdir)
+    server = start_server(workdir, packed_max_size=0)  # damages blob files
     site = ColdSite("azure", azurite, "fsck")
     try:
         cold = site.cold()
@@ -407,7 +409,9 @@ class Writer(threading.Thread):
 
 
 def test_kill9_leftovers_are_reclaimed_by_the_next_start(workdir, azurite):
-    server = start_server(workdir, min_part_size=PART)
+    # One file per object: the leftovers a kill makes of those are what this is about (a packed record cut off
+    # before its commit is dead space for compaction, tests/crash/test_kill9_packed.py).
+    server = start_server(workdir, min_part_size=PART, packed_max_size=0)
     site = ColdSite("azure", azurite, "kill")
     try:
         cold = site.cold()

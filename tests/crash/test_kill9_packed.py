@@ -272,7 +272,7 @@ def test_kill9_during_compaction_loses_nothing_acknowledged(new_server):
     # Small segments seal quickly; a low threshold and a short interval keep the compactor busy; a short grace
     # deletes retired files while the storm runs, so kills land around deletions too.
     env = packed_env(packed_max_size=PACKED_MAX, segment_size=1 * MiB, compaction_threshold=0.2,
-                     compaction_interval=0.5, compaction_grace=1)
+                     compaction_interval=0.5, compaction_grace=1, compaction_settle=2)
     server = new_server(extra_env={**env, "ATOLL_ADMIN_ADDRESS": "off"})
     started = time.monotonic()
     stats = crash_rounds(server, COMPACTION_ROUNDS, SEED + 1, lambda rng: compaction_underway(server, rng),

@@ -38,9 +38,10 @@ def body(key: str, gen: int, size: int) -> bytes:
 
 @pytest.fixture
 def server(new_server):
-    # A segment sealed less than the compactor's settle delay ago is left alone, so the first compaction comes
-    # some seconds after the first segments fill.
-    env = packed_env(segment_size=1 * MiB, compaction_threshold=0.2, compaction_interval=0.5, compaction_grace=1)
+    # A segment sealed less than the compactor's settle delay ago is left alone (2 s here, 10 s by default), so the
+    # first compaction comes a few seconds after the first segments fill.
+    env = packed_env(segment_size=1 * MiB, compaction_threshold=0.2, compaction_interval=0.5, compaction_grace=1,
+                     compaction_settle=2)
     return new_server(extra_env=env)
 
 

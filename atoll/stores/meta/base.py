@@ -386,7 +386,7 @@ class MetaStore(Protocol):
         """Compacting -> retired, if no reference into it is left."""
 
     async def forget_segment(self, segment_id: str) -> None:
-        """Drop a retired segment's row (its file is deleted)."""
+        """Drop the row of a segment whose file is gone: retired, or sealed with no live record left."""
 
     async def recount_segments(self, repair: bool) -> list[tuple[str, int, int, int, int]]:
         """Segments whose live counters disagree with the objects: (id, bytes said, bytes counted, records said,

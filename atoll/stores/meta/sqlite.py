@@ -1589,8 +1589,9 @@ class SqliteMetaStore:
         return await self._write(lambda conn: sqlite_segments.retire(conn, segment_id, owner, time.time()))
 
     async def forget_segment(self, segment_id: str) -> None:
-        await self._write(lambda conn: conn.execute("DELETE FROM segments WHERE segment_id = ? AND state = 'retired'",
-                                                    (segment_id,)))
+        await self._write(lambda conn: conn.execute(
+            "DELETE FROM segments WHERE segment_id = ? AND (state = 'retired' OR state != 'open' AND live_count = 0)",
+            (segment_id,)))
 
     async def recount_segments(self, repair: bool) -> list[tuple[str, int, int, int, int]]:
         if repair:
