@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TRACED = "openat,mkdir,write,writev,pwritev,pwrite64,sendto,sendmsg,fsync,fdatasync,rename,renameat,renameat2"
+TRACED = "openat,mkdir,write,writev,pwritev,pwritev2,pwrite64,sendto,sendmsg,fsync,fdatasync,rename,renameat,renameat2"
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ class Trace:
         then the WAL synced, all before the response."""
         window = self.window(n)
         segments = f"{self.root}/segments/"
-        writes = [c for c in window if c.name in ("pwritev", "pwrite64") and fd_path(c).startswith(segments)]
+        writes = [c for c in window if c.name in ("pwritev", "pwritev2", "pwrite64") and fd_path(c).startswith(segments)]
         if not writes:
             return [f"response {n}: no record written to a segment file"]
         problems = []

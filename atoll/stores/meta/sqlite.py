@@ -706,6 +706,13 @@ class SqliteMetaStore:
     def get_object_now(self, bucket: str, key: str) -> ObjectVersion | None:
         """The current version, from the read cache while nobody has committed since it was filled (see
         ``ChangeToken``). Versions are shared by callers and treated as immutable."""
+        return self._cached_row((bucket, key), lambda: self._reader.execute(
+            f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?", (bucket, key)).fetchone(),
+            _row_to_version)
+
+    def _cached_row(self, cache_key: tuple, query: Callable[[], Any], build: Callable[[Any], Any]) -> Any:
+        """A row read through the per-process cache that ``ChangeToken`` keeps valid (objects, leases and copy
+        states: what every GET or Get Blob looks up). Cached values are shared: callers never change them."""
         cache = self._versions
         token = self._token.read()
         now = time.monotonic()
@@ -717,16 +724,15 @@ class SqliteMetaStore:
                 self._versions_generation = generation
             self._versions_confirmed = now
         else:
-            hit = cache.get((bucket, key), _MISS)
+            hit = cache.get(cache_key, _MISS)
             if hit is not _MISS:
                 return hit
-        row = self._reader.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
-                                   (bucket, key)).fetchone()
-        version = _row_to_version(row) if row else None
+        row = query()
+        found = build(row) if row else None
         if len(cache) >= _VERSION_CACHE_ENTRIES:
             cache.clear()
-        cache[(bucket, key)] = version
-        return version
+        cache[cache_key] = found
+        return found
 
     async def put_object(self, version: ObjectVersion, condition: WriteCondition | None = None,
                          journal: bool = False) -> ObjectVersion | None:
@@ -960,9 +966,9 @@ class SqliteMetaStore:
 
     # leases ----------------------------------------------------------------------------------------------
     async def get_lease(self, bucket: str, key: str) -> Lease | None:
-        row = self._reader.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE bucket = ? AND key = ?",
-                                   (bucket, key)).fetchone()
-        return Lease(*row) if row else None
+        return self._cached_row(("lease", bucket, key), lambda: self._reader.execute(
+            f"SELECT {_LEASE_COLUMNS} FROM leases WHERE bucket = ? AND key = ?", (bucket, key)).fetchone(),
+            lambda row: Lease(*row))
 
     async def list_leases(self, bucket: str, first: str, last: str) -> dict[str, Lease]:
         rows = self._reader.execute(f"SELECT key, {_LEASE_COLUMNS} FROM leases WHERE bucket = ? AND key >= ? AND "
@@ -1333,8 +1339,9 @@ class SqliteMetaStore:
         await self._write(op)
 
     async def get_copy(self, bucket: str, key: str) -> CopyState | None:
-        row = self._reader.execute("SELECT * FROM copies WHERE bucket = ? AND key = ?", (bucket, key)).fetchone()
-        return CopyState(*row) if row else None
+        return self._cached_row(("copy", bucket, key), lambda: self._reader.execute(
+            "SELECT * FROM copies WHERE bucket = ? AND key = ?", (bucket, key)).fetchone(),
+            lambda row: CopyState(*row))
 
     async def update_copy(self, bucket: str, key: str, copy_id: str, *, status: str | None = None,
                           copied: int | None = None, total: int | None = None, completed: float | None = None,
