@@ -352,11 +352,7 @@ class Namespace:
         if is_segment(extent.blob_id):
             data = self.data.segment_readers.pread(extent.blob_id, extent.offset, extent.length)
         else:
-            fd = self.data.open_blob(extent.blob_id)
-            try:
-                data = os.pread(fd, extent.length, extent.offset)
-            finally:
-                os.close(fd)
+            data = self._pread_extent(extent)
         if len(data) != extent.length:
             raise errors.Unavailable("Object data is shorter than its metadata; run atoll fsck.")
         cache[version.version_id] = data
@@ -571,15 +567,19 @@ class Namespace:
             raise errors.InsufficientStorage("The source object cannot be made warm now; retry later.")
         return version
 
+    def _pread_extent(self, extent: Extent) -> bytes:
+        """An extent's bytes through a file of its own (any thread; short if the blob is)."""
+        fd = self.data.open_blob(extent.blob_id)
+        try:
+            return os.pread(fd, extent.length, extent.offset)
+        finally:
+            os.close(fd)
+
     def _read_extents_blocking(self, extents: Sequence[Extent]) -> bytes:
         """The bytes of a small version (a thread's work: it opens blob files). FileNotFoundError if a blob went."""
         pieces = []
         for extent in extents:
-            fd = self.data.open_blob(extent.blob_id)
-            try:
-                piece = os.pread(fd, extent.length, extent.offset)
-            finally:
-                os.close(fd)
+            piece = self._pread_extent(extent)
             if len(piece) != extent.length:
                 raise FileNotFoundError(f"blob {extent.blob_id} is shorter than its extent")
             pieces.append(piece)

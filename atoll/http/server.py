@@ -431,16 +431,21 @@ class HttpConnection(asyncio.Protocol):
         elif self.server.stopping or self._peer_eof:
             self._close()
 
-    def _send_now(self, req: Request, response: Response) -> int:
-        """Send an answer held in memory (a head, or a body of bytes). Not answering a request whose body was not
-        read (an error, or a body the handler did not want) ends the connection: the client may still be sending
-        that body, and closing is the only way not to misread it as the next request."""
+    def _open_answer(self, req: Request, response: Response) -> tuple[bytes, bool]:
+        """The head of an answer and whether the connection stays open; ClientGone if the client left. An answer to
+        a request whose body was not read (an error, or a body the handler did not want) ends the connection: the
+        client may still be sending that body, and closing is the only way not to misread it as the next request."""
         keep_alive = req.keep_alive and not response.close and not self.server.stopping and req.body_complete
         head = self._head(response, keep_alive)
-        transport = self.transport
-        if self._closed or transport is None:
+        if self._closed or self.transport is None:
             response.release()
             raise ClientGone()
+        return head, keep_alive
+
+    def _send_now(self, req: Request, response: Response) -> int:
+        """Send an answer held in memory (a head, or a body of bytes)."""
+        head, keep_alive = self._open_answer(req, response)
+        transport = self.transport
         sent = 0
         if response.head_only:
             response.release()
@@ -461,16 +466,8 @@ class HttpConnection(asyncio.Protocol):
 
     async def _send(self, req: Request, response: Response) -> int:
         """An answer with files or a stream, which may have to wait for the socket."""
-        keep_alive = req.keep_alive and not response.close and not self.server.stopping
-        if not req.body_complete:
-            # The handler answered without reading the whole body (an error, or a body it did not want). The
-            # client may still be sending it; closing is the only way not to misread it as the next request.
-            keep_alive = False
-        head = self._head(response, keep_alive)
+        head, keep_alive = self._open_answer(req, response)
         transport = self.transport
-        if self._closed or transport is None:
-            response.release()
-            raise ClientGone()
         sent = 0
         if response.files is not None:
             sent = await self._send_files(head, response)
