@@ -88,16 +88,13 @@ class PackedWriter:
         self._closed = False
 
     async def append(self, payload: bytes | memoryview) -> tuple[str, int]:
-        if self._closed:
-            raise errors.Unavailable("The server is shutting down.")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._pending.append((payload, fut))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return await fut
+        return await self._enqueue([payload])[0]
 
     async def append_many(self, payloads: Sequence[bytes | memoryview]) -> list[tuple[str, int]]:
+        return list(await asyncio.gather(*self._enqueue(payloads)))
+
+    def _enqueue(self, payloads: Sequence[bytes | memoryview]) -> list[asyncio.Future]:
+        """Queue records for the next batch (starting the flusher if none runs); each future gives its place."""
         if self._closed:
             raise errors.Unavailable("The server is shutting down.")
         loop = asyncio.get_running_loop()
@@ -108,7 +105,7 @@ class PackedWriter:
             futures.append(fut)
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
-        return list(await asyncio.gather(*futures))
+        return futures
 
     async def _flush(self) -> None:
         try:
