@@ -240,39 +240,35 @@ async def get_object(ctx: S3Context, head: bool = False) -> Response:
                               ("Last-Modified", http_date(int(current.last_modified)))])
 
     length = end - start
+    status, encoded = 200, b""
     if not partial["value"] and part_number is None and not version.stale and "x-amz-checksum-mode" not in headers \
-            and (not ctx.query or _OVERRIDE_PARAMS.isdisjoint(ctx.query)):
+            and (not ctx.query or _OVERRIDE_PARAMS.isdisjoint(ctx.query)) \
+            and (head or isinstance(opened, (bytes, list))):
         # The common answer (whole object, no extras): the version's header lines go out as cached bytes.
-        encoded = _cached_headers(version)[1]
-        if head:
-            return Response(200, [], head_only=True, content_length=length, encoded_headers=encoded)
-        if isinstance(opened, bytes):
-            return Response(200, [], body=opened, encoded_headers=encoded)
-        if isinstance(opened, list):
-            return Response(200, [], files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length,
-                            encoded_headers=encoded)
-    out = object_headers(version)
-    status = 200
-    if partial["value"]:
-        status = 206
-        out.append(("Content-Range", f"bytes {start}-{end - 1}/{version.size}"))
-        if partial["parts"]:
-            out.append(("x-amz-mp-parts-count", str(partial["parts"])))
-    elif version.part_count and part_number is not None:
-        out.append(("x-amz-mp-parts-count", str(version.part_count)))
-    if headers.get("x-amz-checksum-mode", "").upper() == "ENABLED" and not partial["value"]:
-        for alg, value in version.checksums.items():
-            out.append((f"x-amz-checksum-{alg}", value))
-        if version.checksum_type:
-            out.append(("x-amz-checksum-type", version.checksum_type))
-    out = _apply_overrides(ctx, out)
+        out, encoded = [], _cached_headers(version)[1]
+    else:
+        out = object_headers(version)
+        if partial["value"]:
+            status = 206
+            out.append(("Content-Range", f"bytes {start}-{end - 1}/{version.size}"))
+            if partial["parts"]:
+                out.append(("x-amz-mp-parts-count", str(partial["parts"])))
+        elif version.part_count and part_number is not None:
+            out.append(("x-amz-mp-parts-count", str(version.part_count)))
+        if headers.get("x-amz-checksum-mode", "").upper() == "ENABLED" and not partial["value"]:
+            for alg, value in version.checksums.items():
+                out.append((f"x-amz-checksum-{alg}", value))
+            if version.checksum_type:
+                out.append(("x-amz-checksum-type", version.checksum_type))
+        out = _apply_overrides(ctx, out)
     if head:
-        return Response(status, out, head_only=True, content_length=length)
+        return Response(status, out, head_only=True, content_length=length, encoded_headers=encoded)
     if isinstance(opened, bytes):
-        return Response(status, out, body=opened)
+        return Response(status, out, body=opened, encoded_headers=encoded)
     if not isinstance(opened, list):  # read-through: streamed while the warm copy fills
         return Response(status, out, stream=_cut_short_on_cold_failure(opened), content_length=length)
-    return Response(status, out, files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length)
+    return Response(status, out, files=[FileExtent(fd, off, n) for fd, off, n in opened], content_length=length,
+                    encoded_headers=encoded)
 
 
 async def _cut_short_on_cold_failure(stream):
