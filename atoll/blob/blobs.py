@@ -24,8 +24,9 @@ from atoll.blob.errors import BlobError
 from atoll.core import checksums as cks
 from atoll.core.conditions import ReadConditions, check as check_conditions
 from atoll.core.ingest import run_io
-from atoll.core.models import ABSENT, ObjectVersion
+from atoll.core.models import ObjectVersion
 from atoll.core.namespace import CopySource
+from atoll.http.heads import VersionHeads
 from atoll.http.server import FileExtent, Response
 from atoll.stores.meta.base import WriteCondition
 
@@ -87,38 +88,23 @@ def _decode_md5(value: str, header: str) -> bytes:
     return digest
 
 
-_VERSION_HEADERS_MAX = 16384
-_version_headers: dict[tuple[str, float], tuple[tuple[tuple[str, str], ...], bytes, str | None]] = {}
+def _version_pairs(version: ObjectVersion) -> list[tuple[str, str]]:
+    return [
+        ("ETag", quoted_etag(version.etag)),
+        ("Last-Modified", http_date(int(version.last_modified))),
+        ("Content-Type", version.headers.get("content-type", DEFAULT_CONTENT_TYPE)),
+        ("Accept-Ranges", "bytes"),
+        ("x-ms-blob-type", "BlockBlob"),
+        ("x-ms-creation-time", http_date(int(version.last_modified))),
+        ("x-ms-server-encrypted", "false"),
+        *[(canonical, version.headers[lower]) for canonical, lower in _RESPONSE_HEADERS if lower in version.headers],
+        *metadata_headers(version.user_meta),
+    ]
 
 
-def version_headers(version: ObjectVersion) -> tuple[tuple[tuple[str, str], ...], bytes, str | None]:
-    """What Get Blob and Get Blob Properties report from the version alone (ETag, dates, content headers,
-    metadata), as pairs and as encoded header lines, and its Content-MD5. Built once per version, whose
-    properties never change (Set Blob Properties or Metadata makes a new modification time), since hot small
-    blobs are read over and over."""
-    key = (version.version_id, version.last_modified)
-    cached = _version_headers.get(key)
-    if cached is None:
-        pairs = (
-            ("ETag", quoted_etag(version.etag)),
-            ("Last-Modified", http_date(int(version.last_modified))),
-            ("Content-Type", version.headers.get("content-type", DEFAULT_CONTENT_TYPE)),
-            ("Accept-Ranges", "bytes"),
-            ("x-ms-blob-type", "BlockBlob"),
-            ("x-ms-creation-time", http_date(int(version.last_modified))),
-            ("x-ms-server-encrypted", "false"),
-            *[(canonical, version.headers[lower]) for canonical, lower in _RESPONSE_HEADERS
-              if lower in version.headers],
-            *metadata_headers(version.user_meta),
-        )
-        encoded = "".join([f"{name}: {value}\r\n" for name, value in pairs]).encode("latin-1", "replace")
-        cached = (pairs, encoded, content_md5(version))
-        if version.residency == ABSENT:
-            return cached  # its attributes may still be read from the cold store, under the same version id
-        if len(_version_headers) >= _VERSION_HEADERS_MAX:
-            _version_headers.clear()
-        _version_headers[key] = cached
-    return cached
+# What Get Blob and Get Blob Properties report from the version alone (ETag, dates, content headers, metadata), as
+# pairs and as encoded header lines, and its Content-MD5: built once per version (atoll.http.heads).
+version_headers = VersionHeads(_version_pairs, extra=content_md5)
 
 
 async def blob_headers(ctx: BlobContext, version: ObjectVersion) -> tuple[bytes, list[tuple[str, str]]]:

@@ -13,8 +13,9 @@ from urllib.parse import unquote
 
 from atoll import errors
 from atoll.core.conditions import ReadConditions, check as check_conditions
-from atoll.core.models import ABSENT, STORED_HEADERS, ObjectVersion
+from atoll.core.models import STORED_HEADERS, ObjectVersion
 from atoll.core.namespace import CopySource
+from atoll.http.heads import VersionHeads
 from atoll.http.server import FileExtent, Response
 from atoll.s3 import xml
 from atoll.s3.context import S3Context
@@ -120,27 +121,7 @@ def _etag_header(etag: str) -> str:
     return f'"{etag}"'
 
 
-_header_cache: dict[tuple[str, float], tuple[tuple[tuple[str, str], ...], bytes]] = {}
 STALE_HEADERS = (("Warning", '111 - "Revalidation Failed"'), ("x-atoll-stale", "cold-store-unreachable"))
-_HEADER_CACHE_MAX = 16384
-
-
-def _cached_headers(version: ObjectVersion) -> tuple[tuple[tuple[str, str], ...], bytes]:
-    """The stored headers of a version, as pairs and as encoded header lines. Built once per version (its ETag,
-    dates and metadata never change, and a metadata REPLACE makes a new modification time), since hot small
-    objects are fetched over and over."""
-    key = (version.version_id, version.last_modified)
-    cached = _header_cache.get(key)
-    if cached is None:
-        pairs = tuple(_build_object_headers(version))
-        encoded = "".join([f"{name}: {value}\r\n" for name, value in pairs]).encode("latin-1", "replace")
-        cached = (pairs, encoded)
-        if version.residency == ABSENT:
-            return cached  # its attributes may still be read from the cold store, under the same version id
-        if len(_header_cache) >= _HEADER_CACHE_MAX:
-            _header_cache.clear()
-        _header_cache[key] = cached
-    return cached
 
 
 def object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
@@ -165,6 +146,10 @@ def _build_object_headers(version: ObjectVersion) -> list[tuple[str, str]]:
             headers.append((canonical, value))
     headers.extend((f"x-amz-meta-{k}", v) for k, v in version.user_meta.items())
     return headers
+
+
+# The stored headers of a version as pairs and as encoded lines, built once per version (atoll.http.heads).
+_cached_headers = VersionHeads(_build_object_headers)
 
 
 def _apply_overrides(ctx: S3Context, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
