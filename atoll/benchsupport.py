@@ -14,16 +14,18 @@ from itertools import islice
 from typing import Iterable
 
 from atoll.core.models import Bucket, ObjectVersion
-from atoll.stores.meta.sqlite import SqliteMetaStore
+from atoll.stores.meta import open_metastore
 
 _EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
 
-def bulk_insert_empty_objects(data_dir: str, bucket: str, keys: Iterable[str], batch: int = 20000) -> int:
-    """Create ``bucket`` (owned by the root identity) if needed and insert every key as an empty object."""
+def bulk_insert_empty_objects(data_dir: str, bucket: str, keys: Iterable[str], batch: int = 20000,
+                              metadata: str = "") -> int:
+    """Create ``bucket`` (owned by the root identity) if needed and insert every key as an empty object
+    (``metadata``: the server's setting, "" for the data directory's SQLite file)."""
     import os
 
-    meta = SqliteMetaStore(os.path.join(data_dir, "meta.sqlite3"))
+    meta = open_metastore(metadata, os.path.join(data_dir, "meta.sqlite3"))
     meta.open_sync()
     try:
         async def owner() -> str:

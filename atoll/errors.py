@@ -136,7 +136,7 @@ class Unavailable(AtollError):
 
 class SegmentClosed(Unavailable):
     """A write's packed record lies in a segment that compaction closed before the write's metadata commit
-    (atoll/stores/meta/sqlite_segments.py). The namespace writes the record again and retries; a client sees it
+    (atoll/stores/meta/sql_segments.py). The namespace writes the record again and retries; a client sees it
     only if that fails too, as a retryable 503."""
 
 

@@ -21,6 +21,7 @@ from rich.table import Column, Table
 from atoll.cli.main import ConfigOpt, DataDirOpt, _config, _fail, app, console, err
 from atoll.cli.status import human_bytes
 from atoll.config import Config
+from atoll.stores.meta.dsn import is_postgres
 
 GRACE_DEFAULT = 900.0  # atoll.core.fsck.GRACE_SECONDS, without importing the core at CLI start-up
 _SEVERITY_STYLES = {"error": "bold red", "warning": "yellow", "info": "dim"}
@@ -60,7 +61,7 @@ def fsck_command(
     from atoll.server import runstate
 
     config = _config(config_file, data_dir=data_dir)
-    if not os.path.isfile(config.metadata_path):
+    if not is_postgres(config.metadata) and not os.path.isfile(config.metadata_path):
         _fail(f"no Atoll data directory at {config.data_dir} ({config.metadata_path} does not exist)", 2)
     lock = None
     if repair:
@@ -96,9 +97,9 @@ def _run(config: Config, *, show_progress: bool, **options):
     # The stores only, not atoll.server.lifecycle: importing the whole server costs a second of CPU per run.
     from atoll.core.fsck import Fsck
     from atoll.stores.data.files import FileDataStore
-    from atoll.stores.meta.sqlite import SqliteMetaStore
+    from atoll.stores.meta import open_metastore
 
-    meta = SqliteMetaStore(config.metadata_path)
+    meta = open_metastore(config.metadata, os.path.join(config.data_dir, "meta.sqlite3"))
     meta.open_sync()
     try:
         data = FileDataStore(config.data_dir)

@@ -116,7 +116,7 @@ class Extent:
 
 @dataclass(slots=True)
 class SegmentInfo:
-    """A segment file of the packed store as the metadata store knows it (atoll/stores/meta/sqlite_segments.py).
+    """A segment file of the packed store as the metadata store knows it (atoll/stores/meta/sql_segments.py).
     ``size`` is known once sealed; ``live_bytes``/``live_count`` are the payload bytes and records objects still
     point at; ``owner`` is the writing process while open, the compacting one while compacting."""
 

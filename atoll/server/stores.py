@@ -14,7 +14,9 @@ from atoll.core.tiering.tier import Tiering, TierSettings
 from atoll.stores.cold.endpoint import BreakerSettings, TrafficPolicy
 from atoll.stores.cold.store import Timeouts as ColdTimeouts
 from atoll.stores.data.files import FileDataStore
-from atoll.stores.meta.sqlite import SqliteMetaStore
+from atoll.stores.meta import open_metastore
+from atoll.stores.meta.dsn import redact
+from atoll.stores.meta.sql import SqlMetaStore
 
 
 class StartupError(Exception):
@@ -30,13 +32,13 @@ def prepare_data_dir(config: Config) -> None:
         raise StartupError(f"data directory {config.data_dir} is not writable")
 
 
-def open_stores(config: Config) -> tuple[SqliteMetaStore, FileDataStore]:
+def open_stores(config: Config) -> tuple[SqlMetaStore, FileDataStore]:
     prepare_data_dir(config)
-    meta = SqliteMetaStore(config.metadata_path)
+    meta = open_metastore(config.metadata, os.path.join(config.data_dir, "meta.sqlite3"))
     try:
         meta.open_sync()
     except Exception as exc:  # noqa: BLE001 - reported as a start-up problem, not a traceback
-        raise StartupError(f"cannot open metadata store {config.metadata_path}: {exc}") from None
+        raise StartupError(f"cannot open metadata store {redact(config.metadata_path)}: {exc}") from None
     return meta, FileDataStore(config.data_dir)
 
 
@@ -62,7 +64,7 @@ def tier_settings(config: Config) -> TierSettings:
     )
 
 
-def build_namespace(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> Namespace:
+def build_namespace(config: Config, meta: SqlMetaStore, data: FileDataStore) -> Namespace:
     tier = Tiering(meta, data, tier_settings(config))
     ns = Namespace(meta, data, region=config.region, min_part_size=config.min_part_size, tier=tier,
                    uncommitted_block_ttl=config.uncommitted_block_ttl,

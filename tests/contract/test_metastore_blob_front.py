@@ -54,6 +54,7 @@ async def test_bucket_properties(meta_store):
     assert await meta_store.get_bucket_properties("b1") is None
 
 
+@pytest.mark.sqlite_only
 def test_identities_table_without_accounts_is_upgraded(tmp_path):
     path = str(tmp_path / "meta.sqlite3")
     conn = sqlite3.connect(path)

@@ -239,6 +239,7 @@ def _hand_edit(store: SqliteMetaStore, sql: str) -> None:
         conn.execute(sql)
 
 
+@pytest.mark.sqlite_only
 async def test_sqlite_counter_drift_is_seen_and_recomputed(sqlite_store, loop):
     bucket = await new_bucket(sqlite_store)
     await sqlite_store.put_object(local(bucket, "a", size=100))
@@ -249,6 +250,7 @@ async def test_sqlite_counter_drift_is_seen_and_recomputed(sqlite_store, loop):
     assert await sqlite_store.resident_bytes() == 100
 
 
+@pytest.mark.sqlite_only
 async def test_sqlite_stale_fills_found_and_forgotten(sqlite_store, loop):
     bucket = await new_bucket(sqlite_store)
     absent = cold_only(bucket, "obj", size=100)

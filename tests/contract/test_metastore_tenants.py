@@ -74,6 +74,7 @@ def test_tenant_names_for_keys_are_valid_and_unique():
     assert tenant_name_for_key("A") == "key-a"
 
 
+@pytest.mark.sqlite_only
 def test_identities_and_buckets_from_before_tenants_are_adopted(tmp_path):
     """A metadata file from before #7: the root joins the root tenant, every other identity gets a tenant of its
     own (so users isolated before stay isolated) and each bucket joins its owner's tenant."""
@@ -83,6 +84,7 @@ def test_identities_and_buckets_from_before_tenants_are_adopted(tmp_path):
     store.close_sync()
     conn = sqlite3.connect(path)
     conn.executescript("""
+        UPDATE schema_version SET version = 2;
         DROP TABLE tenants;
         DROP INDEX identities_by_tenant; ALTER TABLE identities DROP COLUMN tenant;
         ALTER TABLE identities DROP COLUMN role;

@@ -470,6 +470,19 @@ async def test_apply_cold_listing_never_touches_dirty_rows(meta_store):
     assert [v.key for v in await meta_store.list_versions(bucket, "clean", False, None, 1)] == ["dirty"]
 
 
+async def test_key_ranges_bounded_by_a_nul_suffix(meta_store):
+    # sync-index reads "every key up to and including K" as the range [.., K + "\0"): no key holds a NUL
+    # (the S3 front refuses one), so the bound sits just after K. PostgreSQL's text takes no NUL: the store must
+    # still answer such a range, not fail the import with a DataError.
+    bucket = await new_bucket(meta_store)
+    for key in ("a", "k", "k/1", "k0", "z"):
+        await meta_store.record_cold_version(cold_only(bucket, key), None)
+    assert [v.key for v in await meta_store.list_versions(bucket, "", True, "k\0", 10)] == ["a", "k"]
+    assert [v.key for v in await meta_store.list_versions(bucket, "k\0", True, None, 10)] == ["k/1", "k0", "z"]
+    assert [v.key for v in await meta_store.list_versions(bucket, "a\0x", False, "k0\0", 10)] == ["k", "k/1", "k0"]
+    assert [e.key for e in await meta_store.list_objects(bucket, "a", False, "k\0", 10)] == ["k"]
+
+
 # jobs ------------------------------------------------------------------------------------------------------
 def job(bucket: str, priority: int, created: float, kind: str = "stage") -> Job:
     return Job(job_id=secrets.token_hex(8), kind=kind, bucket=bucket, spec={"prefix": "p/"}, priority=priority,
@@ -625,6 +638,7 @@ def _write_v1_file(path: str) -> None:
     conn.close()
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_schema_1_file_is_upgraded_in_place(tmp_path, loop):
     path = str(tmp_path / "meta.sqlite3")
     _write_v1_file(path)

@@ -85,7 +85,8 @@ def test_config_file_named_by_environment(tmp_path):
     ("ATOLL_MAX_CLOCK_SKEW", "0", "max_clock_skew"),
     ("ATOLL_REGION", "us east", "region"),
     ("ATOLL_REGION", "", None),  # empty means unset: no problem
-    ("ATOLL_METADATA", "postgres://db/atoll", "metadata"),
+    ("ATOLL_METADATA", "mysql://db/atoll", "metadata"),  # postgresql:// and postgres:// are engines (#9)
+    ("ATOLL_METADATA", "postgres://db/atoll", None),
     ("ATOLL_MIN_PART_SIZE", "0", "min_part_size"),
     ("ATOLL_MIN_PART_SIZE", str(6 << 30), "min_part_size"),
     ("ATOLL_MIN_PART_SIZE", "5MiB", "min_part_size"),

@@ -11,6 +11,12 @@ deletes the files after a grace period (readers that looked up the old row just 
 Ordering is by key bytes (UTF-8, binary collation), as S3 lists them. Implementations must not rely on
 insertion order or on SQLite-only semantics leaking into results. ``tests/contract/test_metastore.py`` is the
 executable form of this contract; every implementation runs it.
+
+"Whatever other processes or nodes do" is meant literally: several stores may share one database (``--workers``
+on one SQLite file, cluster nodes on one PostgreSQL). A write acknowledged by one store is seen by the next read
+of any other; two stores claiming shared work (drain entries, jobs, segments to compact) never get the same item;
+conditional writes and quota checks hold across them (tests/contract/test_metastore_nodes.py). Both engines are
+``atoll.stores.meta.sql.SqlMetaStore``; ``atoll.stores.meta.open_metastore`` picks one from the ``metadata`` setting.
 """
 
 from __future__ import annotations
@@ -468,3 +474,41 @@ class MetaStore(Protocol):
         result. Raises NoSuchBucket, or NoSuchKey when ``key`` is not '' and the object does not exist; whatever
         ``change`` raises leaves the lease as it was. A lease row whose object row went another way than a delete
         (tiering drops rows the cold store lost) is stale: writes ignore it and a guarded put removes it."""
+
+    # cluster (#9): node heartbeats and leases of cluster-wide work (atoll/stores/meta/sql_cluster.py,
+    # atoll/core/cluster.py) ------------------------------------------------------------------------------------
+    async def heartbeat_node(self, record: "NodeRecord") -> None:
+        """Insert or refresh the row of ``record.node`` (address, start, heartbeat time, info JSON)."""
+
+    async def list_nodes(self) -> "list[NodeRecord]":
+        """Every node's row, alive or not (the caller judges heartbeats), by name."""
+
+    async def forget_node(self, node: str, heartbeat_before: float) -> bool:
+        """Remove a node's row if its last heartbeat is older than ``heartbeat_before``."""
+
+    async def claim_cluster_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl`` seconds: True if it was free, expired or ``owner``'s
+        already; False, changing nothing, while another owner holds it."""
+
+    async def release_cluster_lease(self, name: str, owner: str | None) -> bool:
+        """Remove the lease if ``owner`` holds it (expired or not); ``None``: whoever holds it."""
+
+    async def get_cluster_lease(self, name: str) -> "ClusterLease | None": ...
+
+    async def list_cluster_leases(self) -> "list[ClusterLease]":
+        """Every lease row, expired ones included, by name."""
+
+    async def prune_cluster_leases(self, expired_before: float) -> int:
+        """Remove leases that lapsed before ``expired_before``; returns how many."""
+
+    async def note_drain_claims(self, entries: Sequence[DrainEntry], owner: str) -> None:
+        """Name ``owner`` ("node:pid:start") on the drain claims it just took with ``take_drain``."""
+
+    async def drain_claim_owners(self) -> list[str]:
+        """The owners named on drain claims that have not lapsed."""
+
+    async def drain_claims_by_owner(self) -> dict[str, int]:
+        """Drain claims that have not lapsed, counted by the owner named on them."""
+
+    async def release_drain_claims(self, owner: str) -> int:
+        """Make the entries claimed by ``owner`` (known dead) due again now; returns how many."""
