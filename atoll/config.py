@@ -38,6 +38,8 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
+from atoll.stores.meta.dsn import is_postgres
+
 
 class ConfigError(Exception):
     """One or more settings are invalid; ``problems`` lists them, one human sentence each."""
@@ -97,6 +99,10 @@ class Config:
     writethrough_on_partition: str = "refuse"  # refuse (503 at once) | writeback (journal, drain after heal)
     negative_ttl: float = 5.0  # cold 404 answers are remembered this long
     uncommitted_block_ttl: float = 7 * 86400.0  # Azure blocks never committed are collected after this (Azure: 7 days)
+    # cluster (#9): several nodes on one metadata store and one data directory (docs/cluster.md)
+    node: str = ""  # this node's name, unique in the cluster; "" = <hostname>-<s3 port>
+    node_timeout: float = 10.0  # a node whose heartbeat is older than this is dead: its work is taken over
+    heartbeat_interval: float = 2.0  # seconds between a node's heartbeats
     cold_options: Mapping[str, str] = field(default_factory=dict)  # [cold] table: default obstore settings
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -131,6 +137,16 @@ class Config:
         if self.access_log == "":
             return os.path.join(self.data_dir, "logs", "access.log")
         return self.access_log
+
+    @property
+    def node_name(self) -> str:
+        """This node's name in the cluster: ``node`` if set, else <hostname>-<s3 port> (so that several nodes on
+        one machine differ)."""
+        if self.node:
+            return self.node
+        import socket
+
+        return f"{socket.gethostname()}-{self.s3_port}"
 
 
 # setting name -> (type, file key path, env var)
@@ -182,6 +198,9 @@ _SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "wan_aging": (float, ("tiering", "wan_aging"), "ATOLL_WAN_AGING"),
     "writethrough_on_partition": (str, ("tiering", "writethrough_on_partition"),
                                   "ATOLL_WRITETHROUGH_ON_PARTITION"),
+    "node": (str, ("node",), "ATOLL_NODE"),
+    "node_timeout": (float, ("cluster", "node_timeout"), "ATOLL_NODE_TIMEOUT"),
+    "heartbeat_interval": (float, ("cluster", "heartbeat_interval"), "ATOLL_HEARTBEAT_INTERVAL"),
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -297,9 +316,13 @@ def validate(config: Config) -> list[str]:
             problems.append(f"{name}: expected a positive number of seconds, got {getattr(config, name)}")
     if not config.region or not all(c.isalnum() or c == "-" for c in config.region):
         problems.append(f"region: expected a region name such as us-east-1, got {config.region!r}")
-    if config.metadata and not (config.metadata.startswith("sqlite://") or config.metadata.endswith((".db", ".sqlite3", ".sqlite"))):
-        problems.append(f"metadata: expected a SQLite path (sqlite:///path or *.sqlite3); "
-                        f"PostgreSQL is not available yet, got {config.metadata!r}")
+    if config.metadata and not is_postgres(config.metadata):
+        if "://" in config.metadata and not config.metadata.startswith("sqlite://"):
+            problems.append(f"metadata: expected postgresql://..., postgres://... or a SQLite path; "
+                            f"{config.metadata.split('://', 1)[0]!r} is not a metadata engine")
+        elif not (config.metadata.startswith("sqlite://") or config.metadata.endswith((".db", ".sqlite3", ".sqlite"))):
+            problems.append(f"metadata: expected a PostgreSQL URL (postgresql://user@host/db) or a SQLite path "
+                            f"(sqlite:///path or *.sqlite3), got {config.metadata!r}")
     if not 1 <= config.min_part_size <= 5 << 30:
         problems.append(f"min_part_size: expected 1 byte to 5 GiB, got {config.min_part_size}")
     if not 0 <= config.packed_max_size <= 16 << 20:
@@ -338,6 +361,11 @@ def validate(config: Config) -> list[str]:
                  "breaker_cooldown", "degraded_latency", "wan_aging", "uncommitted_block_ttl"):
         if getattr(config, name) <= 0:
             problems.append(f"{name}: expected a positive number of seconds, got {getattr(config, name)}")
+    if config.node and not all(c.isalnum() or c in "-_." for c in config.node) or len(config.node) > 64:
+        problems.append(f"node: expected up to 64 letters, digits, '-', '_' or '.', got {config.node!r}")
+    if config.heartbeat_interval <= 0 or config.node_timeout < 2 * config.heartbeat_interval:
+        problems.append(f"cluster.node_timeout/heartbeat_interval: expected heartbeat_interval > 0 and node_timeout "
+                        f"at least twice it, got {config.node_timeout}/{config.heartbeat_interval}")
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
         problems.append(f"data_dir: {config.data_dir} exists and is not a directory")
     return problems

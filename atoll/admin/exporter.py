@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from atoll import __version__
 from atoll.admin import status
+from atoll.admin.nodes import count_by_state, nodes_status
 from atoll.admin.bucketcounts import bucket_counts, collect_families, hit_ratio
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Snapshot:
     endpoints: list[dict] = field(default_factory=list)  # merged views of the links' endpoints
     stores: list[dict] = field(default_factory=list)  # status.cold_stores: each link with its endpoint's numbers
     packed: dict = field(default_factory=dict)  # status.packed_status
+    nodes: dict[str, int] = field(default_factory=dict)  # cluster nodes by state (atoll.admin.nodes)
 
 
 async def take_snapshot(tier: "Tiering", started: float, peers_dir: str | None = None) -> Snapshot:
@@ -56,6 +58,7 @@ async def take_snapshot(tier: "Tiering", started: float, peers_dir: str | None =
     snapshot.endpoints = health.endpoints
     snapshot.packed = await status.packed_status(tier)
     snapshot.stores = [view for view in status.cold_stores(health) if view["endpoint"] is not None]
+    snapshot.nodes = count_by_state(await nodes_status(meta))
     return snapshot
 
 
@@ -91,6 +94,12 @@ class TierGauges(Collector):
             packed_bytes.add_metric(["live"], s.packed["live_bytes"])
             packed_bytes.add_metric(["dead"], s.packed["dead_bytes"])
             yield packed_bytes
+        if s.nodes:
+            nodes = GaugeMetricFamily("atoll_cluster_nodes", "Nodes of the cluster by state (alive, dead: no "
+                                      "heartbeat within cluster.node_timeout, stopped)", labels=["state"])
+            for state, count in sorted(s.nodes.items()):
+                nodes.add_metric([state], count)
+            yield nodes
         yield GaugeMetricFamily("atoll_drain_paused", "1 while the drain is paused by an operator",
                                 value=int(s.drain_paused))
 

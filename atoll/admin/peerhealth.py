@@ -36,8 +36,10 @@ STALE = 15.0
 FORGOTTEN = 60.0  # a file this old is removed: a live worker rewrites its own every HEARTBEAT seconds
 
 
-def health_dir(data_dir: str) -> str:
-    return os.path.join(os.path.abspath(data_dir), "run", "health")
+def health_dir(data_dir: str, node: str | None = None) -> str:
+    """Where a node's workers publish their cold-endpoint views (``<data_dir>/run/<node>/health``)."""
+    run = os.path.join(os.path.abspath(data_dir), "run")
+    return os.path.join(run, node, "health") if node else os.path.join(run, "health")
 
 
 class HealthPublisher:

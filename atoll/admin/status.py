@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from atoll import errors
 from atoll.admin import bucketcounts
+from atoll.admin.nodes import nodes_status
 from atoll.admin.endpoints import STATES, endpoint_view, merge_views, public_key
 from atoll.admin.peerhealth import read_peer_views
 from atoll.core.ingest import run_io
@@ -193,7 +194,7 @@ async def server_status(tier: "Tiering", peers_dir: str | None = None) -> dict:
     counts = await bucket_counts()
     return {"warm": await warm_status(tier), "drain": await drain_status(tier),
             "packed": await packed_status(tier), "cold_endpoints": health.endpoints, "cold_stores": cold_stores(health),
-            "buckets": await linked_buckets(tier, health, counts)}
+            "buckets": await linked_buckets(tier, health, counts), "nodes": await nodes_status(tier.meta)}
 
 
 def job_view(job: Job) -> dict:

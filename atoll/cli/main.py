@@ -78,16 +78,20 @@ def serve(
     packed_max_size: Optional[int] = typer.Option(None, "--packed-max-size", help="Pack single-PUT objects up to "
                                                   "this many bytes into segment files (default 262144); 0: one "
                                                   "file per object."),
+    node: Optional[str] = typer.Option(None, "--node", help="This node's name in a cluster sharing the metadata "
+                                       "and data directory (default HOSTNAME-S3PORT)."),
+    metadata: Optional[str] = typer.Option(None, "--metadata", help="Metadata store: postgresql://USER@HOST/DB "
+                                           "for a cluster, or a SQLite path (default DATA_DIR/meta.sqlite3)."),
 ) -> None:
     """Run the Atoll server."""
     config = _config(config_file, data_dir=data_dir, s3_address=s3_address, s3_domains=s3_domain or None,
                      blob_listen=blob_address, blob_domains=blob_domain or None,
                      region=region, workers=workers, access_log=access_log, log_level=log_level,
-                     packed_max_size=packed_max_size)
+                     packed_max_size=packed_max_size, node=node, metadata=metadata)
     from atoll.admin.multiproc import prepare_metrics_dir
 
     # Before anything imports prometheus_client (lifecycle does): it picks per-process files at import time.
-    prepare_metrics_dir(config.data_dir)
+    prepare_metrics_dir(config.data_dir, config.node_name)
     from atoll.server.lifecycle import StartupError, ensure_malloc_env, serve as run
 
     ensure_malloc_env()
@@ -438,6 +442,8 @@ from atoll.cli import qos as _qos  # noqa: E402 - atoll qos
 app.add_typer(_qos.app, name="qos")
 from atoll.cli import quota as _quota  # noqa: E402 - atoll quota
 app.add_typer(_quota.app, name="quota")
+from atoll.cli import db as _db  # noqa: E402 - atoll db
+app.add_typer(_db.app, name="db")
 
 
 def main() -> None:

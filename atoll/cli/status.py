@@ -91,8 +91,11 @@ def ask_server(url: str, token: str | None, path: str = "/api/v1/status") -> tup
 async def local_status(ns) -> dict:
     from atoll.admin import status
 
+    from atoll.admin.nodes import nodes_status
+
     return {"warm": await status.warm_status(ns.tier), "drain": await status.drain_status(ns.tier),
-            "packed": await status.packed_status(ns.tier), "buckets": await status.linked_buckets(ns.tier)}
+            "packed": await status.packed_status(ns.tier), "buckets": await status.linked_buckets(ns.tier),
+            "nodes": await nodes_status(ns.meta)}
 
 
 def collect_report(config: Config, url: str | None, token: str | None) -> dict[str, Any]:
@@ -192,6 +195,33 @@ def print_status(report: dict) -> None:
         console.print(buckets_table(report["buckets"]))
     else:
         console.print("linked buckets: none (atoll bucket link BUCKET COLD_URL --mode MODE)")
+    if report.get("nodes"):
+        console.print(nodes_table(report["nodes"]))
+
+
+_NODE_STYLES = {"alive": "green", "dead": "bold red", "stopped": "yellow"}
+
+
+def nodes_table(nodes: list[dict]) -> Table:
+    """One row per node of the cluster: its health and what it holds (cluster leases, running jobs and
+    compactions, read-through blocks being fetched, cold multipart uploads, drain claims)."""
+    table = Table(_name_column("node"), "address", "state", "heartbeat", "started", "version", "holds",
+                  title="Nodes", title_justify="left")
+    now = time.time()
+    for node in nodes:
+        holds = [*node.get("leases", []), *(f"job {j}" for j in node.get("jobs", [])),
+                 *(f"compaction {c}" for c in node.get("compactions", []))]
+        if node.get("fills"):
+            holds.append(f"{node['fills']} fill block(s)")
+        if node.get("cold_uploads"):
+            holds.append(f"{node['cold_uploads']} cold upload(s)")
+        if node.get("drain_claims"):
+            holds.append(f"{node['drain_claims']} drain claim(s)")
+        style = _NODE_STYLES.get(node["state"], "")
+        table.add_row(node["node"], node["address"], f"[{style}]{node['state']}[/]" if style else node["state"],
+                      f"{human_age(node['heartbeat_age_seconds']) if node['heartbeat_age_seconds'] else '0s'} ago",
+                      _ago(node.get("started"), now), str(node.get("version") or "-"), ", ".join(holds) or "-")
+    return table
 
 
 def cold_stores_table(endpoints: list[dict], now: float) -> Table:

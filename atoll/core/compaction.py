@@ -25,7 +25,8 @@ import time
 
 from atoll import errors, metrics
 from atoll.core import ingest
-from atoll.core.packing import PackedWriter, node_name, owner_alive
+from atoll.core import cluster
+from atoll.core.packing import PackedWriter, node_name
 
 log = logging.getLogger("atoll.compaction")
 
@@ -80,8 +81,15 @@ class Compactor:
         registered, close stale fds."""
         segments = await self.meta.list_segments()
         node = node_name()
-        orphans = [s for s in segments if s.state == "open" and s.owner.split(":", 1)[0] == node
-                   and s.owner != self.writer.owner and not owner_alive(s.owner)]
+        # Writers of this node are judged by their pids (every process looks, as on one node); other nodes' by
+        # their heartbeats, by the one process that holds the housekeeping lease.
+        shared = await cluster.hold_singleton("compaction-housekeeping")
+        dead: set[str] = set()
+        for owner in {s.owner for s in segments if s.state in ("open", "compacting") and s.owner != self.writer.owner
+                      and (shared or s.owner.split(":", 1)[0] == node)}:
+            if not await cluster.owner_alive(owner):
+                dead.add(owner)
+        orphans = [s for s in segments if s.state == "open" and s.owner in dead]
         if orphans:
             sizes = {}
             for segment in orphans:
@@ -89,13 +97,17 @@ class Compactor:
                 if size is not None:
                     sizes[segment.segment_id] = size
             alive = {s.owner for s in segments if s.state == "open" and s not in orphans}
-            sealed = await self.meta.seal_orphan_segments(node, alive | {self.writer.owner}, sizes)
+            sealed = []
+            for owner_node in sorted({s.owner.split(":", 1)[0] for s in orphans}):
+                sealed += await self.meta.seal_orphan_segments(owner_node, alive | {self.writer.owner}, sizes)
             if sealed:
                 log.info("sealed %d segment(s) of stopped writers", len(sealed))
-        dead_compactors = {s.owner for s in segments if s.state == "compacting" and s.owner.split(":", 1)[0] == node
-                           and s.owner != self.writer.owner and not owner_alive(s.owner)}
+        dead_compactors = {s.owner for s in segments if s.state == "compacting" and s.owner in dead}
         if dead_compactors:  # killed mid-way: redo now rather than when the lease runs out
             await self.meta.release_dead_compactions(sorted(dead_compactors))
+        if not shared:
+            self.data.segment_readers.sweep()
+            return
         now = time.time()
         for segment in segments:
             if segment.state == "retired" and now - segment.retired >= self.grace:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Generic, S
 
 from atoll import errors, metrics
 from atoll.core import checksums as cks
-from atoll.core import ingest
+from atoll.core import cluster, ingest
 from atoll.core.conditions import ReadConditions, check as check_conditions
 from atoll.core.listing import ListPage, list_page
 from atoll.core.models import RESIDENT, ROLES, Bucket, Extent, Identity, Link, ObjectVersion, Part, Tenant, Upload
@@ -127,6 +127,8 @@ def validate_key(key: str) -> None:
         raise errors.InvalidArgument("Object key must be valid UTF-8.") from None
     if len(encoded) > MAX_KEY_BYTES:
         raise errors.KeyTooLong("Your key is too long.", key=key[:64])
+    if "\x00" in key:  # no XML listing can carry it, and PostgreSQL text cannot hold it
+        raise errors.InvalidArgument("Object key must not contain a NUL character.")
 
 
 @dataclass(slots=True)
@@ -1097,7 +1099,7 @@ class Namespace:
     async def _gc_loop(self) -> None:
         while True:
             try:
-                while await self.collect_garbage_once() >= 1000:
+                while await cluster.hold_singleton("gc") and await self.collect_garbage_once() >= 1000:
                     pass
             except asyncio.CancelledError:
                 raise

@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterable, Sequence
 
 from atoll import errors, metrics
-from atoll.core import ingest
+from atoll.core import cluster, ingest
 from atoll.core.checksums import new_hasher
 from atoll.stores.data.segments import RECORD_HEADER, SegmentFiles, new_segment_id
 
@@ -33,31 +32,19 @@ _BATCH_RECORDS = 4096
 
 
 def node_name() -> str:
-    return socket.gethostname()
-
-
-def _start_ticks(pid: int) -> str | None:
-    """A process's start time in clock ticks since boot (/proc), which tells a live process from a later one
-    that got the same pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rindex(b")") + 2:].split()[19].decode()
+    """This process's cluster node (atoll.core.cluster)."""
+    return cluster.node_name()
 
 
 def process_owner() -> str:
     """This process as a segment owner: "node:pid:start"."""
-    pid = os.getpid()
-    return f"{node_name()}:{pid}:{_start_ticks(pid) or 0}"
+    return cluster.process_owner()
 
 
 def owner_alive(owner: str) -> bool:
     """Whether the process named by ``owner`` (of this node) still runs."""
-    _, _, rest = owner.partition(":")
-    pid, _, start = rest.partition(":")
-    return pid.isdigit() and _start_ticks(int(pid)) == start
+    _, pid, start = cluster.split_owner(owner)
+    return pid is not None and cluster.process_alive(pid, start)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from atoll import errors, metrics
+from atoll.core import cluster
 from atoll.core.models import Limits
 
 if TYPE_CHECKING:
@@ -82,6 +83,13 @@ class Rates:
     @property
     def limited(self) -> bool:
         return bool(self.requests or self.bytes)
+
+    def shared(self, share: float) -> "Rates":
+        """This node's part of cluster-wide limits (``share`` = 1 / live nodes; atoll.core.cluster)."""
+        if share >= 1.0 or not self.limited:
+            return self
+        return Rates(self.requests * share, max(self.request_burst * share, 1.0) if self.requests else 0.0,
+                     self.bytes * share, max(self.bytes_burst * share, 1.0) if self.bytes else 0.0)
 
 
 _NO_RATES = Rates()
@@ -338,7 +346,7 @@ class Governor:
 
     async def _refresh_tenant(self, name: str, now: float) -> _Entry:
         tenant = await self.ns.meta.get_tenant(name)
-        rates = Rates.of(tenant.limits if tenant is not None else None)
+        rates = Rates.of(tenant.limits if tenant is not None else None).shared(cluster.share())
         entry = self._tenants.get(name)
         if entry is None:
             entry = self._tenants[name] = _Entry(name, True, name, rates, now + LIMITS_TTL)
@@ -359,7 +367,7 @@ class Governor:
             self._buckets.pop(name, None)
             return None
         self._bucket_misses.pop(name, None)
-        rates = Rates.of(bucket.limits)
+        rates = Rates.of(bucket.limits).shared(cluster.share())
         entry = self._buckets.get(name)
         if entry is None or entry.tenant != bucket.tenant:
             entry = self._buckets[name] = _Entry(name, False, bucket.tenant, rates, now + LIMITS_TTL)

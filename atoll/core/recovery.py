@@ -33,12 +33,22 @@ class Reclaimed:
     seconds: float
 
 
-async def reclaim_orphan_blobs(meta: MetaStore, data: DataStore, since: float) -> Reclaimed:
+async def reclaim_orphan_blobs(meta: MetaStore, data: DataStore, since: float,
+                               changed_before: float | None = None) -> Reclaimed:
     """Delete the unreferenced blobs of the regions changed since ``since`` (the crashed server's start). Only
-    while no server runs: the blob of a write in flight is unreferenced until its commit."""
+    while no server runs: the blob of a write in flight is unreferenced until its commit. With other nodes
+    running (``changed_before``): only blobs last changed before that time, long enough ago that no commit of
+    theirs can still be on its way (atoll.server.lifecycle.reclaim_later)."""
     started = time.monotonic()
-    changed = await run_io(lambda: [f.blob_id for f in data.scan_blobs(changed_since=since - CLOCK_SLACK)
-                                    if f.blob_id is not None])
+
+    def scan() -> list[str]:
+        found = [f for f in data.scan_blobs(changed_since=since - CLOCK_SLACK) if f.blob_id is not None]
+        if changed_before is not None:
+            found = [f for f in (data.stat_found(f) for f in found)
+                     if f is not None and f.changed is not None and f.changed < changed_before]
+        return [f.blob_id for f in found]
+
+    changed = await run_io(scan)
     orphans = await meta.unreferenced_blobs(changed) if changed else set()
     if orphans:
         await run_io(lambda: [data.delete(blob_id) for blob_id in orphans])

@@ -29,7 +29,7 @@ from atoll import errors
 from atoll.blob.app import BlobApp
 from atoll.core.models import Identity
 from atoll.core.namespace import Namespace, new_account_key, new_secret_key, validate_account_name
-from atoll.core import qos
+from atoll.core import cluster, qos
 from atoll.core.recovery import reclaim_orphan_blobs
 from atoll.http.server import HttpServer, Timeouts, bind_socket
 from atoll.s3.app import S3App
@@ -37,11 +37,18 @@ from atoll.server import runstate
 from atoll.server.stores import StartupError, build_namespace, open_stores  # re-exported: the CLI's name for them
 from atoll.server.accesslog import AccessLog
 from atoll.stores.data.files import FileDataStore
-from atoll.stores.meta.sqlite import SqliteMetaStore
+from atoll.stores.meta.sql import SqlMetaStore
 
 log = logging.getLogger("atoll")
 
 ROOT_CREDENTIALS_FILE = "root-credentials"
+# With other nodes running on the shared directory: a temp file unchanged this long is a dead write's (a live one
+# is written to continuously; stalled clients are cut after timeouts.stall), and a blob without a row this old is
+# not a peer's commit in flight.
+STALE_TEMP_SECONDS = 600.0
+RECLAIM_AGE = 600.0
+_DEFERRED_RECLAIM: list[float] = []  # [crashed run's start, this run's start]: reclaim_later in the primary
+_NODE_STARTED = [time.time()]
 DATA_DIR_LOCK_WAIT = 2.0
 # glibc returns freed heap to the OS after every large free by default; with 64 KiB–1 MiB request-body chunks
 # that costs 3× the CPU of a PUT (perf-baseline.md §2). These keep the heap warm.
@@ -108,7 +115,7 @@ def ensure_malloc_env() -> None:
     os.execve(sys.executable, argv, env)
 
 
-def bootstrap_root(config: Config, meta: SqliteMetaStore) -> RootCredentials:
+def bootstrap_root(config: Config, meta: SqlMetaStore) -> RootCredentials:
     """The root identity: from ATOLL_ROOT_ACCESS_KEY/SECRET_KEY if set, else the one stored, else a new one
     written (mode 0600) to <data_dir>/root-credentials and printed once."""
     env_key = os.environ.get("ATOLL_ROOT_ACCESS_KEY")
@@ -169,10 +176,10 @@ def _write_root_credentials(config: Config, credentials: RootCredentials) -> Non
         f.write(lines)
 
 
-def build_app(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> tuple[S3App, Namespace, AccessLog | None]:
+def build_app(config: Config, meta: SqlMetaStore, data: FileDataStore) -> tuple[S3App, Namespace, AccessLog | None]:
     ns = build_namespace(config, meta, data)
     access_log = None if config.access_log == "off" else AccessLog(config.access_log_path)
-    ns.governor = qos.Governor(ns, runstate.run_dir(config.data_dir), shared=config.workers > 1)
+    ns.governor = qos.Governor(ns, runstate.node_dir(config.data_dir, config.node_name), shared=config.workers > 1)
     return S3App(ns, domains=config.s3_domains, access_log=access_log, max_skew=config.max_clock_skew,
                  governor=ns.governor), ns, access_log
 
@@ -186,6 +193,7 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
     async def main() -> None:
         loop = asyncio.get_running_loop()
         meta, data = open_stores(config)
+        view = cluster_view(config, meta)
         app, ns, access_log = build_app(config, meta, data)
         timeouts = Timeouts(keep_alive=config.keep_alive_timeout, head=config.request_head_timeout,
                             stall=config.stall_timeout)
@@ -204,13 +212,19 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
 
             admin_app = AdminApp(ns, admin.token, started=admin.started, workers=config.workers,
                                  access_log=access_log,
-                                 peers_dir=health_dir(config.data_dir) if config.workers > 1 else None)
+                                 peers_dir=health_dir(config.data_dir, config.node_name)
+                                 if config.workers > 1 else None)
             admin_server = HttpServer(admin_app, loop, timeouts,
                                       on_exception=lambda req: log.exception("admin request %s failed", req.id))
             await admin_server.listen(admin.sock)
+        if slot == 0:  # one heartbeat per node: its primary worker's
+            view.info = lambda: node_info(config, ns, [s for s in (server, blob_server) if s is not None])
+            view.start_heartbeat()
         ns.start_background(primary=slot == 0)
+        reclaim = loop.create_task(reclaim_later(meta, data, *_DEFERRED_RECLAIM)) \
+            if slot == 0 and _DEFERRED_RECLAIM else None
         # The primary serves status from its own memory; the others publish their cold-endpoint health for it.
-        publisher = HealthPublisher(ns.tier, health_dir(config.data_dir)).start() \
+        publisher = HealthPublisher(ns.tier, health_dir(config.data_dir, config.node_name)).start() \
             if admin is not None and config.workers > 1 and slot != 0 else None
         # Everything allocated so far lives as long as the process: keep it out of the cyclic collector's scans,
         # which otherwise walk it on every full collection and show up as multi-millisecond latency spikes.
@@ -229,7 +243,10 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
             await admin_server.stop(1.0)
         if publisher is not None:
             await publisher.stop()
+        if reclaim is not None:
+            reclaim.cancel()
         await ns.stop_background()
+        await view.stop(cluster.process_owner())
         await meta.close()
         if access_log is not None:
             access_log.close()
@@ -239,19 +256,28 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
 
 def serve(config: Config) -> None:
     started = time.time()
+    node = config.node_name
+    cluster.configure(node)
     meta, data = open_stores(config)
     try:
         lock = _lock_data_dir(config)  # noqa: F841 - held (and inherited by the workers) until the last one exits
         root = bootstrap_root(config, meta)
-        removed = data.remove_temp_files()
+        # Other live nodes share the data directory and the metadata: their writes, claims and copies in flight
+        # are not leftovers. Alone, everything in flight died with the last run, as on a single node.
+        peers = asyncio.run(_peers_alive(config, meta))
+        removed = data.remove_temp_files(older_than=time.time() - STALE_TEMP_SECONDS if peers else None)
         if removed:
             log.info("removed %d temp files left by an earlier crash", removed)
-        unreclaimed_since = _reclaim_after_crash(config, meta, data)
-        # No worker runs yet: drain claims of a process that died are void (the uploads are idempotent).
-        asyncio.run(meta.reset_drain_claims())
-        # Likewise copies that were running: no partial blob was committed, and they are reported as failed.
-        asyncio.run(meta.fail_pending_copies("The copy was interrupted: the server stopped.", time.time()))
-        qos.reset_shared(runstate.run_dir(config.data_dir))  # rate-limit state and counters start afresh
+        unreclaimed_since = _reclaim_after_crash(config, meta, data, peers)
+        if not peers:
+            # No worker runs yet: drain claims of a process that died are void (the uploads are idempotent).
+            # With peers, claims lapse (CLAIM_SECONDS): theirs may be uploads in flight.
+            asyncio.run(meta.reset_drain_claims())
+            # Likewise copies that were running: no partial blob was committed, and they are reported as failed.
+            asyncio.run(meta.fail_pending_copies("The copy was interrupted: the server stopped.", time.time()))
+        qos.reset_shared(runstate.node_dir(config.data_dir, node))  # rate-limit state and counters start afresh
+        # Registered before serving: peers count this node (QoS shares) and leave its work alone from now on.
+        asyncio.run(cluster_view(config, meta, started).beat())
     finally:
         meta.close_sync()
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -301,39 +327,56 @@ def serve(config: Config) -> None:
               f"{token_path(config)})", flush=True)
     # Before any worker can write a blob; kept if leftovers could not be reclaimed, so the next start retries.
     try:
-        runstate.begin(config.data_dir, started if unreclaimed_since is None else min(started, unreclaimed_since))
+        runstate.begin(config.data_dir, started if unreclaimed_since is None else min(started, unreclaimed_since),
+                       node)
+        runstate.end(config.data_dir)  # a marker from before nodes: its start is in this node's marker now
     except OSError as exc:  # a full disk: serve anyway; only the reclamation after a crash of this run is lost
         log.warning("cannot record the server's start in %s (%s): after a crash, run atoll fsck",
-                    runstate.run_dir(config.data_dir), exc.strerror)
-    if config.workers == 1:
-        run_worker(config, hold, 0, admin, blob_hold)
-        clean = True  # a worker that failed raised instead
-    else:
-        clean = _supervise(config, hold, data, admin, blob_hold)
+                    runstate.node_dir(config.data_dir, node), exc.strerror)
+    _DEFERRED_RECLAIM[:] = [unreclaimed_since, started] if peers and unreclaimed_since is not None else []
+    try:
+        if config.workers == 1:
+            run_worker(config, hold, 0, admin, blob_hold)
+            clean = True  # a worker that failed raised instead
+        else:
+            clean = _supervise(config, hold, data, admin, blob_hold)
+    finally:
+        _say_stopped(config)
     if clean:
         try:
-            runstate.end(config.data_dir)
+            runstate.end(config.data_dir, node)
         except OSError as exc:  # the next start looks for leftovers that are not there: only time lost
-            log.warning("cannot record the clean stop in %s (%s)", runstate.run_dir(config.data_dir), exc.strerror)
+            log.warning("cannot record the clean stop in %s (%s)", runstate.node_dir(config.data_dir, node),
+                        exc.strerror)
 
 
 def _lock_data_dir(config: Config) -> runstate.DataDirLock:
     try:
         # The processes of a server killed a moment ago may still be exiting, their lock with them.
-        return runstate.DataDirLock.acquire(config.data_dir, wait=DATA_DIR_LOCK_WAIT)
+        return runstate.DataDirLock.acquire(config.data_dir, wait=DATA_DIR_LOCK_WAIT, node=config.node_name)
     except runstate.DataDirBusy:
-        raise StartupError(f"data directory {config.data_dir} is in use by another Atoll process (a server, or "
-                           "atoll fsck --repair); stop it first") from None
+        raise StartupError(f"data directory {config.data_dir} is in use by another Atoll process of node "
+                           f"{config.node_name} (a server, or atoll fsck --repair); stop it first, or give this "
+                           "one another node name (--node, ATOLL_NODE)") from None
     except OSError as exc:
         raise StartupError(f"cannot lock data directory {config.data_dir}: {exc.strerror}") from None
 
 
-def _reclaim_after_crash(config: Config, meta: SqliteMetaStore, data: FileDataStore) -> float | None:
-    """After a server that did not stop cleanly: delete the blobs it committed without a metadata row. Returns
-    the crashed server's start if that failed (its leftovers are still to be reclaimed), else None."""
-    since = runstate.unclean_since(config.data_dir)
+def _reclaim_after_crash(config: Config, meta: SqlMetaStore, data: FileDataStore,
+                         peers: bool = False) -> float | None:
+    """After a server (node) that did not stop cleanly: delete the blobs it committed without a metadata row.
+    Returns the crashed server's start if that failed or must wait (its leftovers are still to be reclaimed),
+    else None. With live peers a blob without a row may be theirs, committed a moment before its row: the
+    reclamation is deferred to the primary worker (``reclaim_later``), for blobs at least RECLAIM_AGE old."""
+    markers = [m for m in (runstate.unclean_since(config.data_dir, config.node_name),
+                           runstate.unclean_since(config.data_dir)) if m is not None]
+    since = min(markers) if markers else None
     if since is None:
         return None
+    if peers:
+        log.info("the last run of node %s did not stop cleanly; other nodes are running, so its unreferenced "
+                 "blobs are looked for once they are %ds old", config.node_name, RECLAIM_AGE)
+        return since
     try:
         reclaimed = asyncio.run(reclaim_orphan_blobs(meta, data, since))
     except Exception as exc:  # noqa: BLE001 - serving matters more; fsck and the next start can finish this
@@ -342,6 +385,69 @@ def _reclaim_after_crash(config: Config, meta: SqliteMetaStore, data: FileDataSt
     log.info("the last server did not stop cleanly: removed %d unreferenced blobs (%d looked up where it wrote, "
              "%.2fs)", reclaimed.removed, reclaimed.examined, reclaimed.seconds)
     return None
+
+
+def cluster_view(config: Config, meta, started: float | None = None) -> cluster.Cluster:
+    """This process's view of the cluster (``cluster.current()``), for node ``config.node_name``."""
+    cluster.configure(config.node_name)
+    view = cluster.start(cluster.Cluster(meta, config.node_name, node_timeout=config.node_timeout,
+                                         heartbeat_interval=config.heartbeat_interval, workers=config.workers))
+    view.address = config.s3_address
+    view.info = lambda: _addresses(config)
+    view.started = _NODE_STARTED[0] if started is None else started
+    _NODE_STARTED[0] = view.started
+    return view
+
+
+def _addresses(config: Config) -> dict:
+    return {"s3": config.s3_address, "blob": config.blob_listen, "admin": config.admin_address}
+
+
+def node_info(config: Config, ns: Namespace, servers: list[HttpServer]) -> dict:
+    """What a node's heartbeat tells the others and ``atoll status`` (the primary worker's view)."""
+    tier = ns.tier
+    drainer = getattr(tier, "drainer", None)
+    runner = getattr(tier, "job_runner", None)
+    current = getattr(runner, "current", None)
+    return {**_addresses(config), "supervisor_pid": os.getppid() if config.workers > 1 else os.getpid(),
+            "connections": sum(len(s.connections) for s in servers),
+            "draining": len(drainer._active) if drainer is not None else 0,
+            "job": current.job.job_id if current is not None else "",
+            "fill_readers": tier.filler.readers_total() if tier is not None else 0}
+
+
+def _say_stopped(config: Config) -> None:
+    """Mark the node stopped in the metadata, so that peers count it out (QoS shares) at once."""
+    try:
+        meta, _ = open_stores(config)
+    except StartupError:
+        return
+    try:
+        view = cluster_view(config, meta)
+        asyncio.run(view.beat(stopped=True))
+    except Exception as exc:  # noqa: BLE001 - its heartbeat goes stale anyway
+        log.warning("could not record the stop of node %s: %s", config.node_name, exc)
+    finally:
+        meta.close_sync()
+
+
+async def _peers_alive(config: Config, meta) -> bool:
+    return await cluster.Cluster(meta, config.node_name, node_timeout=config.node_timeout).peers_alive()
+
+
+async def reclaim_later(meta, data: FileDataStore, since: float, until: float) -> None:
+    """The deferred reclamation after a crash of this node while peers ran: once every blob this node's crashed
+    run can have left is RECLAIM_AGE old (a peer's write commits its row within moments of its blob), delete the
+    unreferenced ones among the blobs changed between ``since`` and ``until`` (this run's start)."""
+    await asyncio.sleep(max(0.0, until + RECLAIM_AGE - time.time()))
+    try:
+        reclaimed = await reclaim_orphan_blobs(meta, data, since, changed_before=until)
+    except Exception as exc:  # noqa: BLE001 - fsck finds them
+        log.warning("could not reclaim what node %s left after its crash (%s); run atoll fsck",
+                    cluster.node_name(), exc)
+        return
+    log.info("removed %d unreferenced blobs left by the crashed run of this node (%d looked up, %.2fs)",
+             reclaimed.removed, reclaimed.examined, reclaimed.seconds)
 
 
 def _admin_listener(config: Config, started: float) -> AdminListener:

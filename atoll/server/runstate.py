@@ -1,6 +1,11 @@
 """Who uses a data directory now, and whether the last server using it stopped cleanly.
 
-``<data_dir>/run/serve.lock`` is locked (``flock``, exclusive) by a server for as long as any of its processes
+Several nodes of a cluster may share one data directory (docs/cluster.md): each keeps its run state under
+``<data_dir>/run/<node>/`` (``node_dir``) — its lock, its incarnation marker, its QoS table and metrics files — and
+no node ever locks another's files. Without a node (``atoll fsck --repair``, older layouts) the names below are
+directly under ``<data_dir>/run/``.
+
+``<data_dir>/run/<node>/serve.lock`` is locked (``flock``, exclusive) by a server for as long as any of its processes
 lives (workers inherit the descriptor across ``fork``) and by ``atoll fsck --repair`` while it repairs. The
 kernel drops the lock when the last holder dies, SIGKILL included, so "does a server run here" has a reliable
 answer, and neither a second server nor an offline repair can start beside a running server.
@@ -32,19 +37,53 @@ def run_dir(data_dir: str) -> str:
     return os.path.join(os.path.abspath(data_dir), "run")
 
 
+def node_dir(data_dir: str, node: str | None) -> str:
+    """Where node ``node`` keeps its run state (``run_dir`` itself for ``None``)."""
+    return os.path.join(run_dir(data_dir), node) if node else run_dir(data_dir)
+
+
+def _lock_paths(data_dir: str) -> list[str]:
+    """Every lock file of the data directory: the node-less one and each node's."""
+    top = run_dir(data_dir)
+    paths = [os.path.join(top, LOCK_NAME)]
+    try:
+        entries = sorted(os.scandir(top), key=lambda e: e.name)
+    except FileNotFoundError:
+        return paths
+    paths += [os.path.join(e.path, LOCK_NAME) for e in entries if e.is_dir(follow_symlinks=False)
+              and os.path.exists(os.path.join(e.path, LOCK_NAME))]
+    return paths
+
+
 class DataDirLock:
     """The exclusive lock of a data directory, held until ``release`` or the death of every process that
     inherited it. Nothing else may close its descriptor."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, others: tuple["DataDirLock", ...] = ()) -> None:
         self._fd = fd
+        self._others = others
 
     @classmethod
-    def acquire(cls, data_dir: str, wait: float = 0.0) -> "DataDirLock":
-        """Take the lock, retrying for up to ``wait`` seconds (the processes of a server killed a moment ago
-        may still be exiting). Raises DataDirBusy."""
-        os.makedirs(run_dir(data_dir), mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(run_dir(data_dir), LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    def acquire(cls, data_dir: str, wait: float = 0.0, node: str | None = None) -> "DataDirLock":
+        """Take the lock of node ``node`` (another node may run on the same directory), or with ``None`` the
+        whole directory: the node-less lock and every node's (an offline repair). Retries for up to ``wait``
+        seconds (the processes of a server killed a moment ago may still be exiting). Raises DataDirBusy."""
+        if node:
+            return cls._acquire_path(os.path.join(node_dir(data_dir, node), LOCK_NAME), data_dir, wait)
+        held: list[DataDirLock] = []
+        try:
+            for path in _lock_paths(data_dir):
+                held.append(cls._acquire_path(path, data_dir, wait))
+        except BaseException:
+            for lock in held:
+                lock.release()
+            raise
+        return cls(held[0]._fd, tuple(held[1:]))
+
+    @classmethod
+    def _acquire_path(cls, path: str, data_dir: str, wait: float) -> "DataDirLock":
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -63,24 +102,27 @@ class DataDirLock:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        for other in self._others:
+            other.release()
 
 
 def in_use(data_dir: str) -> bool:
-    """Whether a server (or an offline repair) holds the data directory now."""
-    if not os.path.exists(os.path.join(run_dir(data_dir), LOCK_NAME)):
-        return False
-    try:
-        DataDirLock.acquire(data_dir).release()
-    except DataDirBusy:
-        return True
+    """Whether a server (any node of this host) or an offline repair holds the data directory now."""
+    for path in _lock_paths(data_dir):
+        if not os.path.exists(path):
+            continue
+        try:
+            DataDirLock._acquire_path(path, data_dir, 0.0).release()
+        except DataDirBusy:
+            return True
     return False
 
 
-def unclean_since(data_dir: str) -> float | None:
-    """The start time of a server that did not stop cleanly (0.0 if its marker is unreadable: assume the worst),
-    or None if the last one stopped cleanly (or none ever ran)."""
+def unclean_since(data_dir: str, node: str | None = None) -> float | None:
+    """The start time of a server (node) that did not stop cleanly (0.0 if its marker is unreadable: assume the
+    worst), or None if the last one stopped cleanly (or none ever ran)."""
     try:
-        with open(os.path.join(run_dir(data_dir), MARKER_NAME), encoding="utf-8") as f:
+        with open(os.path.join(node_dir(data_dir, node), MARKER_NAME), encoding="utf-8") as f:
             return float(json.load(f)["started"])
     except FileNotFoundError:
         return None
@@ -88,9 +130,9 @@ def unclean_since(data_dir: str) -> float | None:
         return 0.0
 
 
-def begin(data_dir: str, started: float) -> None:
+def begin(data_dir: str, started: float, node: str | None = None) -> None:
     """Record that a server started at ``started`` is running (durably, before it writes anything)."""
-    directory = run_dir(data_dir)
+    directory = node_dir(data_dir, node)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, MARKER_NAME)
     tmp = f"{path}.{os.getpid()}"
@@ -111,9 +153,9 @@ def begin(data_dir: str, started: float) -> None:
     fsync_dir(directory)
 
 
-def end(data_dir: str) -> None:
+def end(data_dir: str, node: str | None = None) -> None:
     """Record a clean stop: every process of the server has exited and left nothing half done."""
-    directory = run_dir(data_dir)
+    directory = node_dir(data_dir, node)
     try:
         os.unlink(os.path.join(directory, MARKER_NAME))
     except FileNotFoundError:

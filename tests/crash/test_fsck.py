@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import sqlite3
+import socket
 import subprocess
 import sys
 import threading
@@ -60,6 +61,14 @@ def finding(report: dict, kind: str, subject: str) -> dict:
                and subject in (f.get("key"), f.get("where"), f.get("version_id"))]
     assert len(matches) == 1, (kind, subject, report["findings"])
     return matches[0]
+
+
+DRAIN_INSERT = "INSERT INTO drain (bucket, key, op, version_id, size, since, attempts, last_error, not_before) VALUES "
+
+
+def incarnation(server: AtollProcess) -> str:
+    """The server's marker of a run not yet stopped cleanly (under its node's run directory)."""
+    return os.path.join(server.data_dir, "run", f"{socket.gethostname()}-{server.port}", "incarnation")
 
 
 def meta(server: AtollProcess, sql: str, params: tuple = ()) -> list[tuple]:
@@ -243,11 +252,11 @@ def test_fsck_gives_back_to_the_cold_store_what_it_has(workdir, azurite):
         meta(server, "UPDATE fills SET blocks = x'09' WHERE version_id = (SELECT version_id FROM objects "
                      "WHERE bucket = ? AND key = 'from-cold')", (bucket,))
         now = time.time()
-        meta(server, "INSERT INTO drain VALUES (?, 'replaced', 'put', 'an-older-version', 1000, ?, 0, '', 0)",
+        meta(server, DRAIN_INSERT + "(?, 'replaced', 'put', 'an-older-version', 1000, ?, 0, '', 0)",
              (bucket, now))
-        meta(server, "INSERT INTO drain VALUES (?, 'ghost', 'delete', '', 0, ?, 25, 'ColdStoreUnavailable: the "
+        meta(server, DRAIN_INSERT + "(?, 'ghost', 'delete', '', 0, ?, 25, 'ColdStoreUnavailable: the "
                      "cold store did not answer', ?)", (bucket, now, now + 250))
-        meta(server, "INSERT INTO drain VALUES ('fsck-plain', 'k', 'put', 'v', 1, ?, 0, '', 0)", (now,))
+        meta(server, DRAIN_INSERT + "('fsck-plain', 'k', 'put', 'v', 1, ?, 0, '', 0)", (now,))
 
         code, report = fsck(server, "--checksums")
         expected = {("missing_blob", "clean-gone"), ("checksum_mismatch", "clean-flipped"),
@@ -368,15 +377,15 @@ def test_online_fsck_beside_a_busy_server(new_server):
         load.stop.set()
         load.join(30)
     assert not load.errors and load.done > 10, (load.errors[:5], load.done)
-    # One server per data directory: start-up reclamation would take the running one's writes in flight for
-    # leftovers.
+    # One server per node name and data directory (other nodes may share it: docs/cluster.md).
     second = subprocess.run([ATOLL, "serve", "--data-dir", server.data_dir, "--s3-address",
-                             f"127.0.0.1:{AtollProcess(server.data_dir).port}"], env=server.env(),
+                             f"127.0.0.1:{AtollProcess(server.data_dir).port}",
+                             "--node", f"{socket.gethostname()}-{server.port}"], env=server.env(),
                             capture_output=True, text=True, timeout=60)
     assert second.returncode != 0 and "Traceback" not in second.stderr, second.stderr
     assert "in use by another Atoll process" in " ".join(second.stderr.split()), second.stderr
     assert server.stop() == 0
-    assert not os.path.exists(os.path.join(server.data_dir, "run", "incarnation")), "a clean stop says so"
+    assert not os.path.exists(incarnation(server)), "a clean stop says so"
     # Without a server every file counts: the young orphan is a leftover now (it never got a row).
     code, report = fsck(server, "--repair")
     assert found(report) == {("orphan_blob", os.path.relpath(young, server.data_dir)),
@@ -454,7 +463,7 @@ def test_kill9_leftovers_are_reclaimed_by_the_next_start(workdir, azurite):
         assert server.stop() == 0
         code, report = fsck(server, "--checksums")
         assert code == 0, report["findings"]
-        assert not os.path.exists(os.path.join(server.data_dir, "run", "incarnation"))
+        assert not os.path.exists(incarnation(server))
         print("leftovers found before each restart:", before_restart)
     finally:
         server.kill()

@@ -98,6 +98,13 @@ def test_key_length_limit(s3, bucket):
                    CopySource={"Bucket": bucket, "Key": "nope"}).status in (400, 404)
 
 
+def test_a_key_with_a_nul_character_is_a_client_error(s3, bucket):
+    # Neither a listing's XML nor PostgreSQL's text type can carry U+0000: refused up front, on every engine.
+    error = failure(s3.put_object, Bucket=bucket, Key="a\x00b", Body=b"")
+    assert (error.code, error.status) == ("InvalidArgument", 400)
+    assert failure(s3.create_multipart_upload, Bucket=bucket, Key="a\x00b").status == 400
+
+
 def test_delete_is_idempotent_and_reports_missing_keys_as_deleted(s3, bucket):
     assert status_of(s3.delete_object(Bucket=bucket, Key="never-existed")) == 204
     s3.put_object(Bucket=bucket, Key="there", Body=b"x")

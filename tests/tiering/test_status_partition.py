@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import signal
 import subprocess
 import time
@@ -181,7 +182,7 @@ def test_two_workers_status_merges_both_views(tmp_path, site):
         keys = [f"obj/{i}" for i in range(16)]
         for name in keys:
             cold.put(name, b"x" * 1000)
-        health = os.path.join(server.data_dir, "run", "health")
+        health = os.path.join(server.data_dir, "run", f"{socket.gethostname()}-{server.port}", "health")
 
         def read_all(names: list[str]) -> None:
             for name in names:  # a fresh client (connection) each: SO_REUSEPORT spreads them over both workers

@@ -30,6 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 from atoll import errors, metrics
+from atoll.core import cluster
 from atoll.core.models import CheckpointGroup, DrainEntry
 from atoll.stores.cold.store import Traffic
 
@@ -41,6 +42,7 @@ log = logging.getLogger("atoll.drain")
 CLAIM_SECONDS = 300.0
 _RENEW_EVERY = CLAIM_SECONDS / 3
 _IDLE_POLL = 1.0
+_OWNERS_EVERY = 2.0  # seconds between looks for claims of dead owners (in a cluster)
 _GROUP_TTL = 2.0
 DEFAULT_MARKERS = (".metadata", "_SUCCESS", "_COMMITTED")
 
@@ -63,6 +65,7 @@ class Drainer:
         self._groups: dict[str, tuple[list[CheckpointGroup], float]] = {}
         self._active: dict[asyncio.Task, DrainEntry] = {}
         self._renewed = time.monotonic()
+        self._owners_checked = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -75,10 +78,13 @@ class Drainer:
                     await self._sleep(_IDLE_POLL)
                     continue
                 await self._renew_claims()
+                await self._void_dead_claims()
                 await self.tier.clean_leftovers()
                 free = int(self.window) - len(self._active)
                 entries = await meta.take_drain(free, CLAIM_SECONDS, await self._unreachable(),
                                                 self._busy_buckets()) if free > 0 else []
+                if entries and not self._alone():
+                    await meta.note_drain_claims(entries, cluster.process_owner())
                 for entry in entries:
                     task = asyncio.get_running_loop().create_task(self._drain_one(entry))
                     self._active[task] = entry
@@ -112,6 +118,23 @@ class Drainer:
         if self._active and time.monotonic() - self._renewed > _RENEW_EVERY:
             self._renewed = time.monotonic()
             await self.tier.meta.renew_drain(list(self._active.values()), CLAIM_SECONDS)
+
+    def _alone(self) -> bool:
+        current = cluster.current()
+        return current is None or current.alone()
+
+    async def _void_dead_claims(self) -> None:
+        """Claims named on a process that is gone (a killed node, a crashed worker) are voided now rather than
+        when they lapse. Looked at every few seconds; alone, start-up voided every earlier claim already."""
+        if self._alone() or time.monotonic() - self._owners_checked < _OWNERS_EVERY:
+            return
+        self._owners_checked = time.monotonic()
+        me = cluster.process_owner()
+        for owner in await self.tier.meta.drain_claim_owners():
+            if owner != me and not await cluster.owner_alive(owner):
+                voided = await self.tier.meta.release_drain_claims(owner)
+                if voided:
+                    log.info("%d drain claim(s) of %s, which is gone, are due again", voided, owner)
 
     def _succeeded(self) -> None:
         self.window = min(self.limit, self.window + 1)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from atoll import errors, metrics
+from atoll.core import cluster
 
 if TYPE_CHECKING:
     from atoll.core.tiering.tier import Tiering
@@ -84,6 +85,9 @@ class Evictor:
         while True:
             try:
                 await self.tier.flush_visited()
+                if not await cluster.hold_singleton("evict"):  # another node runs the rounds of the cluster
+                    await asyncio.sleep(_INTERVAL)
+                    continue
                 shares = await self._shares()
                 if shares.caps:
                     await self.enforce_caps(shares)

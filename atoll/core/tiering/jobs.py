@@ -19,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import os
 import re
-import socket
 import time
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 from atoll import errors, metrics
-from atoll.core import ingest
+from atoll.core import cluster, ingest
 from atoll.core.listing import prefix_successor
 from atoll.core.models import RESIDENT, Extent, Job, ObjectVersion
 from atoll.core.tiering.listing import cold_directory, cold_offset, listing_is_ordered
@@ -112,21 +110,6 @@ def _load_sync_index() -> Handler:
 HANDLERS: dict[str, Callable[[], Handler]] = {"stage": lambda: run_stage, "sync-index": _load_sync_index}
 
 
-def _owner_alive(owner: str, host: str) -> bool:
-    """Whether the process named by a job's ``owner`` (host:pid) may still run it. Other hosts' owners are
-    assumed alive: only their lease tells."""
-    owner_host, _, pid = owner.rpartition(":")
-    if owner_host != host or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class JobRunner:
     """Runs queued jobs one at a time, most urgent first."""
 
@@ -136,7 +119,7 @@ class JobRunner:
         self.current: JobContext | None = None
 
     async def run(self) -> None:
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = cluster.process_owner()
         await self._requeue_orphans()
         while True:
             try:
@@ -164,12 +147,11 @@ class JobRunner:
                    for job in await self.tier.meta.list_jobs(limit=100, active_only=True))
 
     async def _requeue_orphans(self) -> None:
-        """Jobs left running by a process of this host that died (kill -9, a crashed worker) are queued again
-        now rather than after their lease lapses."""
-        host = socket.gethostname()
+        """Jobs left running by a process that died (kill -9, a crashed worker, a node whose heartbeat stopped) are
+        queued again now rather than after their lease lapses."""
         try:
             for job in await self.tier.meta.list_jobs(limit=10000, active_only=True):
-                if job.state == "running" and job.owner and not _owner_alive(job.owner, host):
+                if job.state == "running" and job.owner and not await cluster.owner_alive(job.owner):
                     log.info("job %s was left running by %s, which is gone: queued again", job.job_id, job.owner)
                     await self.tier.meta.update_job(job.job_id, state="queued")
         except Exception:  # noqa: BLE001 - their leases lapse anyway

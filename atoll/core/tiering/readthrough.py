@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from atoll import errors, metrics
-from atoll.core import ingest
+from atoll.core import cluster, ingest
 from atoll.core.models import ABSENT, RESIDENT, Link, ObjectVersion
 from atoll.stores.cold.store import Traffic
 
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("atoll.readthrough")
 
 _READ_CHUNK = 1 << 20
+FILL_LEASE_SECONDS = 5.0  # a block's fetcher renews its lease every third of this; a dead one's lapses after it
+_PEER_POLL_FIRST = 0.01  # waiting for another process's block: the block map is polled from this...
+_PEER_POLL_MAX = 0.2  # ...doubling up to this
 _WARN_INTERVAL = 60.0
 
 
@@ -55,6 +58,75 @@ def _read_block(fd: int, offset: int, length: int) -> bytes:
     if len(data) != length:
         raise errors.Unavailable("A warm copy is shorter than its metadata; run atoll fsck.")
     return data
+
+
+def _read_fresh(path: str, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _read_block(fd, offset, length)
+    finally:
+        os.close(fd)
+
+
+class FillLease:
+    """Which process of the cluster fetches one block of a warm copy: a ``cluster_leases`` row
+    "fill:<blob>:<block>", taken before the cold read, renewed while it runs, released after the block is
+    recorded (or the read failed). Others wait for the block in the block map; if the holder dies, its lease
+    lapses after ``FILL_LEASE_SECONDS`` and a waiter takes over. A process alone in its cluster takes none."""
+
+    def __init__(self, fill: "Fill", name: str, owner: str, held: bool) -> None:
+        self.fill = fill
+        self.name = name
+        self.owner = owner
+        self.held = held
+        self._renewer: asyncio.Task | None = None
+        if held:
+            self._renew_soon()
+
+    @classmethod
+    async def take(cls, fill: "Fill", index: int) -> "FillLease | None":
+        current = cluster.current()
+        if current is None or current.alone():
+            return None
+        name = f"fill:{fill.version.extents[0].blob_id}:{index}"
+        owner = cluster.process_owner()
+        held = await fill.filler.tier.meta.claim_cluster_lease(name, owner, FILL_LEASE_SECONDS)
+        return cls(fill, name, owner, held)
+
+    async def take_over(self) -> bool:
+        """Take the lease if its holder let it lapse (a dead holder); a read first, so waiters do not write."""
+        meta = self.fill.filler.tier.meta
+        lease = await meta.get_cluster_lease(self.name)
+        if lease is not None and lease.lease_until >= time.time():
+            return False
+        self.held = await meta.claim_cluster_lease(self.name, self.owner, FILL_LEASE_SECONDS)
+        if self.held:
+            log.info("took over the fill of a block of %s/%s from a process that stopped renewing it",
+                     self.fill.version.bucket, self.fill.version.key[:200])
+            self._renew_soon()
+        return self.held
+
+    def _renew_soon(self) -> None:
+        self._renewer = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        meta = self.fill.filler.tier.meta
+        while True:
+            await asyncio.sleep(FILL_LEASE_SECONDS / 3)
+            try:
+                await meta.claim_cluster_lease(self.name, self.owner, FILL_LEASE_SECONDS)
+            except errors.AtollError:
+                pass  # the next renewal tries again; a lapse costs at most a second cold read
+
+    def release(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
+        if self.held:
+            self.held = False
+            task = asyncio.get_running_loop().create_task(
+                self.fill.filler.tier.meta.release_cluster_lease(self.name, self.owner))
+            task.add_done_callback(_retrieve)
 
 
 class Fill:
@@ -123,8 +195,18 @@ class Fill:
         lo, hi = self._bounds(index)
         store = self.filler.tier.store(self.link)
         arrival = self.arrivals.get(index)
+        lease: FillLease | None = None
         try:
             async with self._window:
+                lease = await FillLease.take(self, index)
+                if lease is not None:
+                    # Another node (or worker) fetches this block: wait for it in the shared block map. Ours:
+                    # unless its last holder recorded it just before we took it.
+                    data = await self._from_peer(index, lease) if not lease.held else await self._recorded(index)
+                    if data:
+                        if arrival is not None and not arrival.done():
+                            arrival.set_result(data)
+                        return data
                 started = time.monotonic()
                 try:
                     data = await store.read_range(self.version.key, lo, hi, Traffic.DEMAND,
@@ -165,8 +247,43 @@ class Fill:
             await self.filler.tier.replace_changed(self.link, self.version)
             raise
         finally:
+            if lease is not None:
+                lease.release()
             self.inflight.pop(index, None)
             self.filler.release_if_idle(self)
+
+    async def _from_peer(self, index: int, lease: "FillLease") -> bytes | None:
+        """The block once the process holding its fill lease recorded it in the block map; None when this
+        process should fetch it itself (the holder's lease lapsed and is now ours, or the warm copy went another
+        way)."""
+        delay = _PEER_POLL_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _PEER_POLL_MAX)
+            recorded = await self._recorded(index)
+            if recorded is not False:
+                return recorded
+            if await lease.take_over():
+                return await self._recorded(index) or None
+
+    async def _recorded(self, index: int) -> bytes | None | bool:
+        """The block if another process recorded it in the shared block map (read from the shared warm copy);
+        False if it is not recorded yet; None if this warm copy is no longer the version's."""
+        meta = self.filler.tier.meta
+        state = await meta.get_fill(self.version.version_id)
+        if state is None:  # resident now, or no longer this warm copy
+            current = await meta.get_object(self.version.bucket, self.version.key)
+            if (current is None or current.version_id != self.version.version_id or current.residency != RESIDENT
+                    or current.extents[:1] != self.version.extents[:1]):
+                return None
+        elif not state[1][index >> 3] & (1 << (index & 7)):
+            return False
+        self.bitmap[index >> 3] |= 1 << (index & 7)
+        lo, hi = self._bounds(index)
+        # A fresh open, not this process's fill fd: on a shared filesystem close-to-open consistency promises
+        # another client's writes only to an open made after them.
+        return await ingest.run_io(_read_fresh, self.filler.tier.data.blob_path(self.version.extents[0].blob_id),
+                                   lo, hi - lo)
 
     def close(self) -> None:
         if not self.closed:

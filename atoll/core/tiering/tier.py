@@ -18,6 +18,7 @@ from typing import AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
 from atoll import errors
 from atoll import metrics
+from atoll.core import cluster
 from atoll.core.models import ABSENT, RESIDENT, STORED_HEADERS, Link, ObjectVersion
 from atoll.core.tiering.readthrough import Filler
 from atoll.stores.cold import links as cold_links
@@ -32,6 +33,13 @@ _LINK_TTL = 1.0
 T = TypeVar("T")
 
 _HEADER_NAMES = {canonical.lower(): lower for canonical, lower in STORED_HEADERS}
+
+
+# Cold multipart uploads in progress are owned through a cluster lease row each (atoll.core.cluster); the row
+# outlives any upload (the owner's liveness decides, not the expiry) and goes with the record.
+COLD_UPLOAD_LEASE = "cold-upload:"
+COLD_UPLOAD_OWNERSHIP = 7 * 86400.0
+COLD_UPLOAD_UNCLAIMED = 5.0
 
 
 @dataclass(slots=True)
@@ -345,16 +353,23 @@ class Tiering:
         record = None
         if version.size > PART_SIZE and store.leaves_uploads:
             record = await self.meta.note_cold_upload(link.bucket, version.key, time.time())
+            # Whose upload it is, for the other nodes' clean_leftovers (which must leave a live one alone).
+            await self.meta.claim_cluster_lease(f"{COLD_UPLOAD_LEASE}{record}", cluster.process_owner(),
+                                                COLD_UPLOAD_OWNERSHIP)
         self._uploading.add((link.bucket, version.key))
         try:
             cold = await upload_version(store, self.data, version, traffic, attributes=join_attributes(version))
         except BaseException:
+            self._uploading.discard((link.bucket, version.key))
+            if record is not None:  # no longer anyone's: the record is a leftover now
+                await self._disown_cold_upload(record)
             self._leftovers_due = 0.0  # clean up at the drainer's next turn
             raise
         finally:
             self._uploading.discard((link.bucket, version.key))
         if record is not None:
             await self.meta.forget_cold_upload(record)
+            await self.meta.release_cluster_lease(f"{COLD_UPLOAD_LEASE}{record}", cluster.process_owner())
         return cold
 
     async def clean_leftovers(self) -> int:
@@ -363,10 +378,15 @@ class Tiering:
         if time.monotonic() < self._leftovers_due:
             return 0
         self._leftovers_due = time.monotonic() + 30.0
+        if not await cluster.hold_singleton("cold-leftovers"):
+            return 0
         settled = 0
-        for record, bucket, key, _started in await self.meta.list_cold_uploads():
-            if (bucket, key) in self._uploading:
-                continue  # still running here (a record is only for uploads that may have died)
+        records = await self.meta.list_cold_uploads()
+        live = await self._live_cold_uploads(records)
+        live_keys = {(bucket, key) for record, bucket, key, _ in records if record in live}
+        for record, bucket, key, _started in records:
+            if (bucket, key) in self._uploading or (bucket, key) in live_keys:
+                continue  # still running here or on a live node (a record is only for uploads that may have died)
             link = await self.link(bucket)
             try:
                 if link is not None and self.reachable(link):
@@ -384,8 +404,32 @@ class Tiering:
                             exc.message)
                 continue
             await self.meta.forget_cold_upload(record)
+            await self.meta.release_cluster_lease(f"{COLD_UPLOAD_LEASE}{record}", None)
             settled += 1
         return settled
+
+    async def _live_cold_uploads(self, records) -> set[int]:
+        """The records whose upload still runs in another process (alive by its pid on this node, by its node's
+        heartbeat elsewhere); this process's own are in ``_uploading``. A record without an owner is a leftover
+        unless it is a moment old (its uploader is about to claim it)."""
+        live: set[int] = set()
+        now = time.time()
+        me = cluster.process_owner()
+        for record, _bucket, _key, started in records:
+            lease = await self.meta.get_cluster_lease(f"{COLD_UPLOAD_LEASE}{record}")
+            if lease is None:
+                if now - started < COLD_UPLOAD_UNCLAIMED:
+                    live.add(record)
+                    self._leftovers_due = min(self._leftovers_due, time.monotonic() + COLD_UPLOAD_UNCLAIMED)
+            elif lease.owner != me and await cluster.owner_alive(lease.owner):
+                live.add(record)
+        return live
+
+    async def _disown_cold_upload(self, record: int) -> None:
+        try:
+            await self.meta.release_cluster_lease(f"{COLD_UPLOAD_LEASE}{record}", cluster.process_owner())
+        except errors.AtollError:
+            pass  # the record stays owned by this process, which clean_leftovers treats as not running
 
     def after_write(self, link: Link, key: str) -> None:
         self._negative.pop((link.bucket, key), None)

@@ -88,13 +88,19 @@ class FairSlots:
             granted.set_result(None)
 
 
+def _node_share() -> float:
+    from atoll.core.cluster import share
+
+    return share()
+
+
 class FairTokenBucket:
     """A bandwidth cap (bytes/s, 0 = none) shared by tenants by weight: start-time fair queueing of token
     requests. A request larger than one second of the rate waits for a full bucket and takes it all (the debt
     is paid by the requests after it), as the plain token bucket did."""
 
     def __init__(self, rate: int, weight_of: WeightOf | None = None) -> None:
-        self.rate = rate
+        self.cap = rate  # cluster-wide: each node of a cluster takes its share (atoll.core.cluster.share)
         self.weight_of = weight_of or _unit_weight
         self._tokens = float(rate)
         self._stamp = time.monotonic()
@@ -103,6 +109,10 @@ class FairTokenBucket:
         self._clock = 0.0  # virtual time: the start tag of the request served last
         self._order = itertools.count()
         self._server: asyncio.Task | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.cap * _node_share() if self.cap > 0 else 0
 
     async def take(self, amount: int, tenant: str = "") -> None:
         if self.rate <= 0:
@@ -123,12 +133,13 @@ class FairTokenBucket:
             if granted.done():
                 heapq.heappop(self._queue)
                 continue
-            wanted = min(amount, self.rate)
+            rate = self.rate  # re-read each turn: the cluster's live nodes change this node's share
+            wanted = min(amount, rate)
             now = time.monotonic()
-            self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate)
+            self._tokens = min(float(rate), self._tokens + (now - self._stamp) * rate)
             self._stamp = now
             if self._tokens < wanted:
-                await asyncio.sleep((wanted - self._tokens) / self.rate)
+                await asyncio.sleep((wanted - self._tokens) / rate)
                 continue
             heapq.heappop(self._queue)
             if granted.done():

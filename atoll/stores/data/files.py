@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -73,7 +74,7 @@ class FileBlobWriter:
     def __init__(self, store: "FileDataStore", blob_id: str) -> None:
         self.blob_id = blob_id
         self._store = store
-        self._tmp = os.path.join(store.tmp_dir, f"{blob_id}.{os.getpid()}")
+        self._tmp = os.path.join(store.tmp_dir, f"{blob_id}.{temp_suffix(os.getpid())}")
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._done = False
         self._written = 0
@@ -119,6 +120,20 @@ class FileBlobWriter:
             except FileNotFoundError:
                 pass
             self._done = True
+
+
+# Temp files are named <blob>.<node tag>.<pid>: nodes on several hosts share tmp/, and their pids may collide.
+_node_tag = ""
+
+
+def set_node(node: str) -> None:
+    """Name this process's temp files after its cluster node (a short hash: node names may contain dots)."""
+    global _node_tag
+    _node_tag = hashlib.blake2s(node.encode(), digest_size=4).hexdigest() if node else ""
+
+
+def temp_suffix(pid: int) -> str:
+    return f"{_node_tag}.{pid}" if _node_tag else str(pid)
 
 
 class FileDataStore:
@@ -221,11 +236,19 @@ class FileDataStore:
         except FileNotFoundError:
             pass
 
-    def remove_temp_files(self, pid: int | None = None) -> int:
+    def remove_temp_files(self, pid: int | None = None, older_than: float | None = None) -> int:
+        """Remove temp files: those of process ``pid`` of this node, or all, or (``older_than``) those unchanged
+        since that time (another node's writes in flight keep theirs fresh)."""
         removed = 0
         for name in os.listdir(self.tmp_dir):
-            if pid is not None and not name.endswith(f".{pid}"):
+            if pid is not None and not name.endswith(f".{temp_suffix(pid)}"):
                 continue
+            if older_than is not None:
+                try:
+                    if os.stat(os.path.join(self.tmp_dir, name)).st_mtime >= older_than:
+                        continue
+                except FileNotFoundError:
+                    continue
             try:
                 os.unlink(os.path.join(self.tmp_dir, name))
                 removed += 1

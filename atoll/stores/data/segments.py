@@ -220,7 +220,20 @@ class SegmentReaders:
         return fd
 
     def pread(self, segment_id: str, offset: int, length: int) -> bytes:
-        return os.pread(self.fd(segment_id), length, offset)
+        data = os.pread(self.fd(segment_id), length, offset)
+        if len(data) < length:
+            # Another node appended the record after this fd was opened: on a shared filesystem (NFS's
+            # close-to-open consistency) only an open made after the writer's flush is sure to see it.
+            self.reopen(segment_id)
+            data = os.pread(self.fd(segment_id), length, offset)
+        return data
+
+    def reopen(self, segment_id: str) -> None:
+        """Drop the cached fd; the next use opens the file afresh."""
+        fd = self._fds.pop(segment_id, None)
+        self._used.pop(segment_id, None)
+        if fd is not None:
+            os.close(fd)
 
     def dup(self, segment_id: str) -> int:
         """An fd of its own for the caller to close (sendfile of a larger record)."""
