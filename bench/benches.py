@@ -60,7 +60,7 @@ class Bench:
 # ------------------------------------------------------------------ measurement primitives
 
 def _fail(problem: str, **kw) -> dict:
-    return {"ok": False, "problem": problem[:500], **kw}
+    return {**kw, "ok": False, "problem": problem[:500]}  # a measurement's own "ok" must not hide the failure
 
 
 def _client_failed(r: ClientRun, what: str) -> str:

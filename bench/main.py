@@ -22,6 +22,7 @@ from typing import Callable
 from . import benches as benches_mod
 from . import common, data, populate, report, tiering
 from . import noisy as noisy_row
+from . import scale
 from . import workloads
 from .blobpeer import BlobView
 from .benches import LIST_BUCKET, build
@@ -29,7 +30,7 @@ from .common import Settings, human_size, run_client
 from .peers import EMPTY_SIZE, SMALL_SIZE, AtollPeer, MotoPeer, NginxPeer, Peer, S3Peer
 
 ROW_IDS = (["get1", "ranges8", "put1", "blockput", "small", "head", "head-paced", "noisy", "list", "list-botocore"]
-           + tiering.ROW_IDS + workloads.ROW_IDS)
+           + tiering.ROW_IDS + workloads.ROW_IDS + scale.ROW_IDS)
 BIG_ROWS = {"get1", "ranges8", "put1", "blockput"}
 HTTP_ROWS = {"get1", "ranges8", "put1", "blockput", "small", "head", "head-paced"}
 BLOB_ROWS = {"get1", "small", "blockput"}  # rows with an "atoll blob w1" case (the Blob port of atoll w1)
@@ -403,6 +404,7 @@ class Run:
         common.kill_current_client()
         tiering.stop_all()
         workloads.stop_all()
+        scale.stop_all()
         shutil.rmtree(os.path.join(self.s.bench_dir, "atoll-tier"), ignore_errors=True)
         for problem in benches_mod.flush_put_objects():
             print(problem, file=sys.stderr)
@@ -485,11 +487,15 @@ def main() -> int:
         wl = workloads.Workloads(s, set(run.rows), run.src)
         wl.setup(log)
         run.notes += wl.notes
+        sc = scale.Scale(s, set(run.rows))
+        sc.setup(log)
+        run.notes += sc.notes + [f"scale: {lab}: {why}" for lab, why in sc.skip.items()]
         peers = dict(run.peers)
         peers["__skip__"] = run.skip
         benches = [b for b in build(s, peers, run.src, run.list_info)
                    + tiering.build(s, run.tier, run.peers.get("nginx w1"), run.tier_skip)
                    + [noisy_row.build(s, run.peers.get("atoll w2"), run.skip.get("atoll w2"))] + wl.build()
+                   + sc.build()
                    if b.id in run.rows]
         log(f"setup done in {time.perf_counter() - t_start:.0f}s; measuring {', '.join(b.id for b in benches)} "
             f"× {s.reps} reps")

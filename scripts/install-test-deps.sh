@@ -3,6 +3,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bash "$here/apt-install.sh" rclone curl strace
+# PostgreSQL (the metadata engine of several nodes; tests/pgserver.py runs throwaway clusters of it) and HAProxy (the
+# load balancer in front of the cluster tests' nodes), both from Debian.
+bash "$here/apt-install.sh" postgresql haproxy
+# initdb refuses to run as root: as root, tests/pgserver.py runs PostgreSQL as this unprivileged user.
+if [ "$(id -u)" = 0 ] && ! id atoll-test >/dev/null 2>&1; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin atoll-test
+fi
 # Azurite, the Azure Blob emulator behind the tiering tests: an npm package, so Node and npm first.
 if ! command -v azurite-blob >/dev/null 2>&1; then
   command -v npm >/dev/null 2>&1 || bash "$here/apt-install.sh" nodejs npm

@@ -9,14 +9,28 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 
 import pytest
 
+import pgserver
 from harness import ATOLL, REPO, AtollProcess, free_port, s3_client, wait_for_port  # noqa: F401 - re-exported
 
 # Real cold stores (Azurite, a moto S3 server) and the counting fault proxy: tests/cold_fixtures.py.
 pytest_plugins = ["cold_fixtures"]
+
+sys.path.insert(0, os.path.join(REPO, "tests", "cluster"))  # clusterutil, for the cluster mode below
+from clusterutil import cluster_size, session_front  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects
+def pytest_collection_modifyitems(items):
+    """A test that starts servers of its own (``new_server``) is about one process: ``single_node``."""
+    for item in items:
+        if "new_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.single_node)
+
 
 @pytest.fixture(scope="session")
 def workdir():
@@ -28,6 +42,9 @@ def workdir():
 
 @pytest.fixture(scope="session")
 def atoll(workdir):
+    if cluster_size():  # ATOLL_TEST_CLUSTER=N: N nodes behind HAProxy instead (tests/cluster/clusterutil.py)
+        yield from session_front(workdir)
+        return
     server = AtollProcess(data_dir=os.path.join(workdir, "shared-server"))
     server.start()
     yield server
@@ -49,6 +66,16 @@ def new_server(workdir):
     yield make
     for server in started:
         server.kill()
+
+
+@pytest.fixture
+def postgres_url():
+    """A new PostgreSQL database holding the current Atoll schema and no rows, dropped after the test (one
+    throwaway cluster per pytest process: tests/pgserver.py)."""
+    cluster = pgserver.cluster()
+    url = cluster.fresh_database()
+    yield url
+    cluster.drop(url)
 
 
 @pytest.fixture

@@ -122,7 +122,8 @@ class AtollProcess:
         return env
 
     def start(self, timeout: float = 30.0) -> "AtollProcess":
-        self.log_path = os.path.join(self.data_dir + "-logs", "server.log")
+        # Nodes of one cluster share a data directory: each is given a log path of its own before it starts.
+        self.log_path = self.log_path or os.path.join(self.data_dir + "-logs", "server.log")
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         log = open(self.log_path, "ab")
         argv = [ATOLL, "serve", "--data-dir", self.data_dir, "--s3-address", f"127.0.0.1:{self.port}",
@@ -206,8 +207,20 @@ def stop_cleanly(server: AtollProcess) -> None:
 
 
 def meta_query(server: AtollProcess, sql: str, params: tuple = ()) -> list[tuple]:
-    """A read-only look at the metadata of a server, running or not."""
-    conn = sqlite3.connect(f"file:{os.path.join(server.data_dir, 'meta.sqlite3')}?mode=ro", uri=True, timeout=30)
+    """A read-only look at the metadata of a server, running or not (a cluster's front has the cluster's store in
+    ``metadata``: tests/cluster/clusterutil.py)."""
+    return metadata_query(getattr(server, "metadata", "") or os.path.join(server.data_dir, "meta.sqlite3"), sql,
+                          params)
+
+
+def metadata_query(metadata: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """``sql`` (with ``?`` placeholders) on a SQLite file, read-only, or on a ``postgresql://`` database."""
+    if metadata.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(metadata, autocommit=True) as pg:
+            return [tuple(row) for row in pg.execute(sql.replace("?", "%s"), params).fetchall()]
+    conn = sqlite3.connect(f"file:{metadata}?mode=ro", uri=True, timeout=30)
     try:
         return conn.execute(sql, params).fetchall()
     finally:

@@ -49,6 +49,9 @@ def error_code(exc: HttpResponseError) -> str:
 
 
 # containers ------------------------------------------------------------------------------------------------
+# single_node: asserts that a container change answers at once on the next request, which a cluster gives only
+# within the 1 s bucket cache of another node (docs/NOTES.md; tests/cluster/test_cluster_consistency.py)
+@pytest.mark.single_node
 def test_container_lifecycle_and_metadata(service):
     name = fresh_name("lifecycle")
     client = service.create_container(name, metadata={"team": "ml", "stage": "raw"})
@@ -69,6 +72,9 @@ def test_container_lifecycle_and_metadata(service):
     assert error_code(exc.value) == "ContainerNotFound"
 
 
+# single_node: asserts that a container change answers at once on the next request, which a cluster gives only
+# within the 1 s bucket cache of another node (docs/NOTES.md; tests/cluster/test_cluster_consistency.py)
+@pytest.mark.single_node
 def test_delete_container_deletes_its_blobs(service):
     client = service.create_container(fresh_name("full"))
     for i in range(3):
@@ -106,6 +112,9 @@ def test_invalid_container_names_are_refused(service):
         assert error_code(exc.value) in ("InvalidResourceName", "OutOfRangeInput"), bad
 
 
+# single_node: asserts that a container change answers at once on the next request, which a cluster gives only
+# within the 1 s bucket cache of another node (docs/NOTES.md; tests/cluster/test_cluster_consistency.py)
+@pytest.mark.single_node
 def test_container_acl_public_access_and_anonymous_reads(service, request):
     client = service.create_container(fresh_name("public"))
     try:

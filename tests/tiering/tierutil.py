@@ -10,6 +10,7 @@ import secrets
 import subprocess
 
 from coldside import COLD_KINDS, Cold, ColdSite, emulator, pattern  # noqa: F401 - the tiering tests import them here
+from clusterutil import cluster_size, start_front
 from coldstores import fresh_name
 from harness import ATOLL, AtollProcess, meta_query, stop_cleanly
 from harness import first_answer_client as client  # noqa: F401 - the tiering tests' name for it
@@ -27,6 +28,8 @@ def tier_env(**settings: object) -> dict[str, str]:
 
 
 def start_server(workdir: str, **settings: object) -> AtollProcess:
+    if cluster_size():  # ATOLL_TEST_CLUSTER=N: N nodes behind HAProxy instead (tests/cluster/clusterutil.py)
+        return start_front(os.path.join(workdir, f"tier-{secrets.token_hex(4)}"), **tier_env(**settings))
     server = AtollProcess(data_dir=os.path.join(workdir, f"tier-{secrets.token_hex(4)}"),
                           extra_env=tier_env(**settings))
     return server.start()
