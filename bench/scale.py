@@ -28,7 +28,7 @@ from . import common
 from .benches import Bench, Case, Row, _client_failed, _fail, _join, _other, _peer_dead, _sock, _spread, _unmeasured, parse_wrk
 from .common import HOST, MIB, fmt_num, run_client, tree_cpu
 from .peers import NGINX_CONF, AtollPeer, Peer
-from .workloads import Presigner, small_body
+from .workloads import Presigner, http_do, small_body
 
 ROW_IDS = ["scale"]
 BUCKET = "scale"
@@ -202,7 +202,7 @@ class Scale:
                 nodes[0].ensure_bucket(BUCKET)
                 sign = Presigner(f"{HOST}:{front.port}")
                 for name, data in bodies.items():
-                    status, answer = _http(front, "PUT", sign("PUT", BUCKET, name), data)
+                    status, answer = http_do(front, "PUT", sign("PUT", BUCKET, name), data)
                     if status != 200:
                         raise RuntimeError(f"PUT {name}: HTTP {status} {answer[:200]!r}")
             except Exception as e:  # noqa: BLE001 - one server failing must not stop the others
@@ -264,7 +264,7 @@ class Scale:
         while time.monotonic() < deadline:
             began = time.monotonic()
             try:
-                status, _ = _http(group.front, "HEAD", group.sign("HEAD", "empty.bin"))
+                status, _ = http_do(group.front, "HEAD", group.sign("HEAD", "empty.bin"))
             except OSError:
                 status = 0
             if status == 200 and time.monotonic() - began < 0.2:
@@ -294,7 +294,7 @@ class Scale:
         span = min(done, PUT_KEYS) - 2 * conn
         for j in range(conn, span, max(1, (span - conn) // 4)) if span > conn else ():
             i = (start + j) % PUT_KEYS
-            status, body = _http(group.front, "GET", group.sign("GET", f"put/{i:05d}.bin"))
+            status, body = http_do(group.front, "GET", group.sign("GET", f"put/{i:05d}.bin"))
             if status != 200 or len(body) != size or body[:64] != small_body(i, tag, size)[:64]:
                 return {**d, "ok": False,
                         "problem": f"read-back of put/{i:05d}.bin: HTTP {status}, {len(body)} bytes, {body[:48]!r}"}
@@ -332,18 +332,6 @@ class Scale:
         title = (f"Scale-out (#9): 1 node vs {NODES} nodes behind HAProxy on PostgreSQL, on this machine's "
                  f"{os.cpu_count()} cores; metadata cost per op, SQLite vs PostgreSQL")
         return [Bench("scale", title, "value", "", cases, judge_scale)]
-
-
-def _http(peer: Peer, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    import http.client
-
-    conn = http.client.HTTPConnection(HOST, peer.port, timeout=60)
-    try:
-        conn.request(method, path, body=body)
-        answer = conn.getresponse()
-        return answer.status, answer.read()
-    finally:
-        conn.close()
 
 
 def judge_scale(b: Bench, summ: dict, _all: dict) -> list[Row]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from atoll.admin.endpoints import endpoint_view
 from atoll.core.ingest import run_io
+from atoll.core.tasks import cancel_and_wait
 from atoll.processes import alive
 
 if TYPE_CHECKING:
@@ -87,12 +88,7 @@ class HealthPublisher:
         os.replace(temp, self.path)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await cancel_and_wait(self._task)
         for path in (self.path, self.path + ".tmp"):
             try:
                 os.unlink(path)

@@ -57,6 +57,15 @@ def _connect_sqlite(path: str, create: bool) -> sqlite3.Connection:
         _fail(f"cannot open {path}: {exc}")
 
 
+def _open(engine: str, location: str, *, create: bool):
+    """A connection to the store; None for a SQLite file that does not exist and is not to be created."""
+    if engine == "postgres":
+        return _connect_postgres(location)
+    if create or os.path.exists(location):
+        return _connect_sqlite(location, create)
+    return None
+
+
 def _say(line: str) -> None:
     console.print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -80,10 +89,8 @@ def db_upgrade(
     """Apply the pending schema migrations (none: nothing happens). Back the database up first (pg_dump, or
     SQLite's .backup): steps are additive, but a migration cannot be undone."""
     engine, location = _location(config_file, metadata, data_dir)
-    if engine == "postgres":
-        conn, upgrade = _connect_postgres(location), migrations.upgrade_postgres
-    else:
-        conn, upgrade = _connect_sqlite(location, create=True), migrations.upgrade_sqlite
+    conn = _open(engine, location, create=True)
+    upgrade = migrations.upgrade_postgres if engine == "postgres" else migrations.upgrade_sqlite
     try:
         before, after = upgrade(conn)
     except migrations.SchemaMismatch as exc:
@@ -110,12 +117,8 @@ def db_status(
 ) -> None:
     """The schema version of the metadata store, the version this Atoll needs, and the steps still to apply."""
     engine, location = _location(config_file, metadata, data_dir)
-    if engine == "postgres":
-        conn = _connect_postgres(location)
-    elif os.path.exists(location):
-        conn = _connect_sqlite(location, create=False)
-    else:
-        conn = None  # no file yet: the first server (or `atoll db upgrade`) creates it at the latest version
+    # No file yet (None): the first server, or `atoll db upgrade`, creates it at the latest version.
+    conn = _open(engine, location, create=False)
     try:
         current = migrations.current_version(conn) if conn is not None else 0
     except Exception as exc:  # noqa: BLE001 - a database error: one line, no traceback, no secret

@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable
 
 from atoll import __version__ as _VERSION  # noqa: N812
+from atoll.core.tasks import cancel_and_wait
 from atoll.stores.meta.sql_cluster import NodeRecord
 
 log = logging.getLogger("atoll.cluster")
@@ -205,13 +206,8 @@ class Cluster:
 
     async def stop(self, owner: str | None = None) -> None:
         """Stop the heartbeat and say the node stopped, so that peers take its work over at once."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if owner is not None:
             await self.release_all(owner)
 

@@ -27,6 +27,7 @@ from atoll import errors, metrics
 from atoll.core import ingest
 from atoll.core import cluster
 from atoll.core.packing import PackedWriter, node_name
+from atoll.core.tasks import cancel_and_wait
 
 log = logging.getLogger("atoll.compaction")
 
@@ -53,13 +54,8 @@ class Compactor:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

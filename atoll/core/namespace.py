@@ -39,6 +39,7 @@ from atoll.core import leases
 from atoll.core import quota
 from atoll.core import permissions
 from atoll.core import packing
+from atoll.core.tasks import cancel_and_wait
 from atoll.core.tiering.listing import list_linked
 from atoll.stores.data.base import DataStore
 from atoll.stores.data.segments import is_segment
@@ -1116,12 +1117,7 @@ class Namespace:
             await self.packed.close()
         if self.tier is not None:
             await self.tier.stop_background()
-        if self._gc_task is not None:
-            self._gc_task.cancel()
-            try:
-                await self._gc_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._gc_task)
 
 
 def _nothing_held() -> None:

@@ -236,6 +236,7 @@ def test_pinned_staging_stops_at_capacity_and_pins_hold_against_eviction(tmp_pat
 
 # --- a job survives its server being killed --------------------------------------------------------------------------
 
+@pytest.mark.single_node  # stops and kills its one server; tests/cluster/test_failover.py kills a node mid-job
 def test_job_resumes_after_a_stop_and_after_a_kill(tmp_path, s3_site):
     server = start_server(str(tmp_path), stage_concurrency=2)
     try:

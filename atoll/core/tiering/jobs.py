@@ -39,6 +39,7 @@ LEASE = 30.0  # seconds a claim holds without renewal; renewed every _HEARTBEAT
 _HEARTBEAT = 1.0
 _REPORT_INTERVAL = 0.5
 _IDLE_POLL = 0.5
+_ORPHAN_CHECK = 5.0  # seconds between an idle runner's looks for jobs of dead processes
 PIN_FOREVER = 253402300799.0  # 9999-12-31: "pinned until unpinned"
 _STOP_STATES = ("cancelled", "lost", "gone")
 _MAX_ERRORS = 10
@@ -121,6 +122,7 @@ class JobRunner:
     async def run(self) -> None:
         self.owner = cluster.process_owner()
         await self._requeue_orphans()
+        orphans_checked = time.monotonic()
         while True:
             try:
                 job = await self.tier.meta.claim_job(self.owner, LEASE) if await self._claimable() else None
@@ -131,6 +133,11 @@ class JobRunner:
                 await asyncio.sleep(1.0)
                 continue
             if job is None:
+                if time.monotonic() - orphans_checked >= _ORPHAN_CHECK:
+                    # A node that died mid-job: its job is queued again once the node is seen dead, not only
+                    # when its lease lapses or when some runner starts.
+                    await self._requeue_orphans()
+                    orphans_checked = time.monotonic()
                 await asyncio.sleep(_IDLE_POLL)
                 continue
             try:
@@ -153,7 +160,9 @@ class JobRunner:
             for job in await self.tier.meta.list_jobs(limit=10000, active_only=True):
                 if job.state == "running" and job.owner and not await cluster.owner_alive(job.owner):
                     log.info("job %s was left running by %s, which is gone: queued again", job.job_id, job.owner)
-                    await self.tier.meta.update_job(job.job_id, state="queued")
+                    # Conditional on the dead owner still holding it: another runner may have requeued and
+                    # claimed it since the listing.
+                    await self.tier.meta.update_job(job.job_id, owner=job.owner, state="queued")
         except Exception:  # noqa: BLE001 - their leases lapse anyway
             log.exception("could not requeue jobs of a dead process")
 

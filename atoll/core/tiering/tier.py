@@ -20,6 +20,7 @@ from atoll import errors
 from atoll import metrics
 from atoll.core import cluster
 from atoll.core.models import ABSENT, RESIDENT, STORED_HEADERS, Link, ObjectVersion
+from atoll.core.tasks import cancel_and_wait
 from atoll.core.tiering.readthrough import Filler
 from atoll.stores.cold import links as cold_links
 from atoll.stores.cold.endpoint import CLOSED, BreakerSettings, Endpoint, TrafficPolicy
@@ -496,13 +497,7 @@ class Tiering:
         for endpoint in self.endpoints.values():
             if endpoint.probe is not None:
                 endpoint.probe.cancel()
-        for task in getattr(self, "_tasks", []):
-            task.cancel()
-        for task in getattr(self, "_tasks", []):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await cancel_and_wait(*getattr(self, "_tasks", []))
         try:
             await self.flush_visited()
         except Exception:  # noqa: BLE001
