@@ -9,7 +9,7 @@ PIP    := $(VENV)/bin/pip
 # pytest-xdist workers of the parallel test phase: the tests often wait, so more workers than CI's 2 cores
 TEST_WORKERS ?= 4
 
-.PHONY: serve test test-deps bench soak install clean
+.PHONY: serve test test-deps bench soak install clean docs
 
 $(VENV)/.created:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || (bash scripts/apt-install.sh python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
@@ -40,6 +40,10 @@ bench: $(VENV)/.test-installed
 
 soak: test-deps
 	$(PY) -m bench.soak
+
+# docs/configuration.md is generated from the config schema (atoll/config.py SETTINGS); a test keeps it current
+docs: $(VENV)/.installed
+	$(VENV)/bin/atoll config reference > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) atoll-data .pytest_cache

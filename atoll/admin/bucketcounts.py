@@ -17,7 +17,7 @@ from atoll.admin.multiproc import ENV as MULTIPROC_ENV
 
 # counter family -> field of the bucket's counts
 FIELDS = {"atoll_tier_hits": "hits", "atoll_tier_misses": "misses",
-          "atoll_writethrough_degraded": "writethrough_degraded"}
+          "atoll_writethrough_degraded_writes": "writethrough_degraded"}
 
 
 def collect_families() -> list[Metric]:

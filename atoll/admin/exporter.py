@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from atoll.core.tiering.tier import Tiering
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JOB_KINDS = ("stage", "sync-index")
 
 
 @dataclass(slots=True)
@@ -42,6 +43,11 @@ class Snapshot:
     stores: list[dict] = field(default_factory=list)  # status.cold_stores: each link with its endpoint's numbers
     packed: dict = field(default_factory=dict)  # status.packed_status
     nodes: dict[str, int] = field(default_factory=dict)  # cluster nodes by state (atoll.admin.nodes)
+    dirty: int = 0  # bytes waiting to drain, every bucket
+    links: dict[str, tuple[str, str]] = field(default_factory=dict)  # linked bucket -> (tenant, mode)
+    tenants: dict[str, dict[str, int]] = field(default_factory=dict)  # tenant -> warm resident/pinned/dirty bytes
+    jobs: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, state) -> active jobs
+    stage_remaining: int = 0  # bytes active staging jobs have listed and not fetched yet
 
 
 async def take_snapshot(tier: "Tiering", started: float, peers_dir: str | None = None) -> Snapshot:
@@ -59,13 +65,37 @@ async def take_snapshot(tier: "Tiering", started: float, peers_dir: str | None =
     snapshot.packed = await status.packed_status(tier)
     snapshot.stores = [view for view in status.cold_stores(health) if view["endpoint"] is not None]
     snapshot.nodes = count_by_state(await nodes_status(meta))
+    await _tenants_and_jobs(meta, snapshot)
     return snapshot
+
+
+async def _tenants_and_jobs(meta, snapshot: Snapshot) -> None:
+    """Per tenant warm bytes (resident from the store's per-tenant counter; pinned and dirty summed over the
+    tenant's linked buckets, the only ones that have either), each link's tenant and mode, and active jobs."""
+    snapshot.dirty = (await meta.drain_backlog())[1]
+    snapshot.tenants = {tenant.name: {"resident": 0, "pinned": 0, "dirty": 0} for tenant in await meta.list_tenants()}
+    for tenant, size in (await meta.warm_bytes_by_tenant()).items():
+        snapshot.tenants.setdefault(tenant, {"resident": 0, "pinned": 0, "dirty": 0})["resident"] = size
+    for link in await meta.list_links():
+        bucket = await meta.get_bucket(link.bucket)
+        if bucket is None:  # deleted since the links were listed
+            continue
+        snapshot.links[link.bucket] = (bucket.tenant, link.mode)
+        usage = snapshot.tenants.setdefault(bucket.tenant, {"resident": 0, "pinned": 0, "dirty": 0})
+        usage["pinned"] += snapshot.pinned.get(link.bucket, 0)
+        usage["dirty"] += snapshot.backlog.get(link.bucket, {}).get("bytes", 0)
+    snapshot.jobs = {(kind, state): 0 for kind in JOB_KINDS for state in ("queued", "running")}
+    for job in await meta.list_jobs(limit=10_000, active_only=True):
+        snapshot.jobs[(job.kind, job.state)] = snapshot.jobs.get((job.kind, job.state), 0) + 1
+        if job.kind == "stage" and job.state == "running":
+            total, done = int(job.progress.get("bytes_total", 0)), int(job.progress.get("bytes_done", 0))
+            snapshot.stage_remaining += max(total - done, 0)
 
 
 class TierGauges(Collector):
     """The snapshot as Prometheus families (names carry their units, label sets are bounded by the links:
-    bucket names of linked buckets, endpoint keys of their endpoints). ``counts``: per-bucket read counts summed
-    over the workers (atoll.admin.bucketcounts)."""
+    bucket names of linked buckets, endpoint keys of their endpoints; and by the tenant table: docs/metrics.md).
+    ``counts``: per-bucket read counts summed over the workers (atoll.admin.bucketcounts)."""
 
     def __init__(self, snapshot: Snapshot, counts: dict[str, dict[str, int]] | None = None) -> None:
         self.snapshot = snapshot
@@ -129,6 +159,7 @@ class TierGauges(Collector):
             if ratio is not None:
                 hits.add_metric([bucket], ratio)
         yield from (objects, size, age, recovery, resident, pinned, hits)
+        yield from self._tenants_and_jobs()
         yield from self._endpoints()
 
         labels = ["bucket", "store"]
@@ -160,6 +191,32 @@ class TierGauges(Collector):
                 moved.add_metric([*key, traffic, "written"], stats["bytes_out"])
         yield from (state, failures, latency, last_ok, requests, failed, moved)
 
+    def _tenants_and_jobs(self) -> Iterator[Metric]:
+        s = self.snapshot
+        yield GaugeMetricFamily("atoll_warm_dirty_bytes", "Bytes written on the island and not yet in the cold "
+                                "store (the drain backlog of every bucket): never evicted", value=s.dirty)
+        info = GaugeMetricFamily("atoll_bucket_info", "1 per linked bucket: its tenant and link mode (join on "
+                                 "bucket to sum per-bucket families by tenant)", labels=["bucket", "tenant", "mode"])
+        for bucket, (tenant, mode) in sorted(s.links.items()):
+            info.add_metric([bucket, tenant, mode], 1)
+        yield info
+        families = {kind: GaugeMetricFamily(f"atoll_tenant_warm_{kind}_bytes", help_text, labels=["tenant"])
+                    for kind, help_text in (("resident", "Bytes of the tenant's buckets held by the warm tier"),
+                                            ("pinned", "Resident bytes of the tenant's linked buckets pinned "
+                                             "against eviction"),
+                                            ("dirty", "Bytes of the tenant's linked buckets waiting to drain"))}
+        for tenant, usage in sorted(s.tenants.items()):
+            for kind, family in families.items():
+                family.add_metric([tenant], usage[kind])
+        yield from families.values()
+        jobs = GaugeMetricFamily("atoll_jobs", "Background jobs waiting (queued) or running, by kind (stage, "
+                                 "sync-index)", labels=["kind", "state"])
+        for (kind, state), count in sorted(s.jobs.items()):
+            jobs.add_metric([kind, state], count)
+        yield jobs
+        yield GaugeMetricFamily("atoll_stage_remaining_bytes", "Bytes running staging jobs have listed and not "
+                                "fetched yet", value=s.stage_remaining)
+
     def _endpoints(self) -> Iterator[Metric]:
         labels = ["endpoint"]
         state = GaugeMetricFamily("atoll_cold_endpoint_state", "0 healthy, 1 degraded, 2 partitioned (breaker "
@@ -174,8 +231,8 @@ class TierGauges(Collector):
                                         "Failed calls / calls over the last minute", labels=labels)
         active = GaugeMetricFamily("atoll_cold_endpoint_active_transfers", "Transfers in flight by traffic class",
                                    labels=[*labels, "traffic"])
-        rate = GaugeMetricFamily("atoll_cold_bytes_per_second", "Bytes per second to and from the endpoint over "
-                                 "the last minute, by traffic class", labels=[*labels, "traffic", "direction"])
+        rate = GaugeMetricFamily("atoll_cold_endpoint_bytes_per_second", "Bytes per second to and from the endpoint "
+                                 "over the last minute, by traffic class", labels=[*labels, "traffic", "direction"])
         for view in self.snapshot.endpoints:
             key = [view["endpoint"]]
             state.add_metric(key, status.STATE_CODES.get(view["state"], 2))

@@ -3,7 +3,7 @@ requests and its share of the WAN (``GET /api/v1/usage``, ``atoll usage``).
 
 Stored bytes and objects come from the metadata store's exact counters (``tenant_usage``, ``bucket_usage``) and
 warm bytes from ``warm_bytes_by_tenant``. Rates come from the node-wide Prometheus counters every worker keeps
-(``atoll_tenant_requests_total``, ``atoll_tenant_throttled_total``, ``atoll_tenant_bytes_total``,
+(``atoll_tenant_requests_total``, ``atoll_tenant_throttled_requests_total``, ``atoll_tenant_bytes_total``,
 ``atoll_cold_tenant_bytes_total``; summed over the workers' files like ``/metrics``), per bucket from the QoS
 governor's node-wide counters (``Governor.snapshot``): ``RateWindow`` samples them every few seconds once asked, and a rate is the counters' growth since the newest sample at least
 ``WINDOW`` seconds old (since the server started, before it has been up that long; counters start at 0 with the
@@ -24,7 +24,7 @@ WINDOW = 30.0  # seconds over which rates are measured
 SAMPLE_PERIOD = 5.0
 
 # counter family -> (field, label naming the direction or traffic class, or None)
-_FAMILIES = {"atoll_tenant_requests": ("requests", None), "atoll_tenant_throttled": ("throttled", None),
+_FAMILIES = {"atoll_tenant_requests": ("requests", None), "atoll_tenant_throttled_requests": ("throttled", None),
              "atoll_tenant_bytes": ("bytes", "direction"), "atoll_cold_tenant_bytes": ("wan", "traffic")}
 
 Counters = dict[tuple[str, str, str], float]  # (field, tenant, direction or traffic class or "") -> count

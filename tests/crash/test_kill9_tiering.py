@@ -644,7 +644,8 @@ def evictions(server: AtollProcess) -> int:
                                      headers={"Authorization": f"Bearer {server.admin_token}"})
     with urllib.request.urlopen(request, timeout=10) as answer:
         text = answer.read().decode()
-    return int(sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("atoll_evictions_total")))
+    return int(sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("atoll_evicted_objects_total")))
 
 
 @pytest.mark.timeout(180)

@@ -171,7 +171,7 @@ def test_request_rate_holds_for_the_node_within_ten_percent(server):
                    "the request counter to reach the client's count")
     finally:
         print("requests_total", _metric(server, "atoll_tenant_requests_total", tenant=team.name), len(answers))
-    assert _metric(server, "atoll_tenant_throttled_total", tenant=team.name) == throttled
+    assert _metric(server, "atoll_tenant_throttled_requests_total", tenant=team.name) == throttled
     for conn in conns:
         conn.close()
 

@@ -137,9 +137,10 @@ def test_partition_shows_in_status_and_metrics_and_heals(tmp_path, site):
         assert metric(text, "atoll_cold_endpoint_latency_seconds", endpoint=key) > 0
         for traffic in ("demand", "stage", "drain"):
             for direction in ("read", "written"):
-                assert metric(text, "atoll_cold_bytes_per_second", endpoint=key, traffic=traffic,
+                assert metric(text, "atoll_cold_endpoint_bytes_per_second", endpoint=key, traffic=traffic,
                               direction=direction) is not None
-        assert metric(text, "atoll_cold_bytes_per_second", endpoint=key, traffic="drain", direction="written") > 0
+        assert metric(text, "atoll_cold_endpoint_bytes_per_second", endpoint=key, traffic="drain",
+                      direction="written") > 0
         assert metric(text, "atoll_drain_backlog_objects", bucket=bucket) == backlog["objects"]
         assert metric(text, "atoll_drain_backlog_bytes", bucket=bucket) == backlog["bytes"]
         assert metric(text, "atoll_drain_recovery_point_seconds", bucket=bucket) >= backlog["oldest_age_seconds"]

@@ -123,7 +123,7 @@ def test_bucket_counts_and_hit_ratio_from_counter_families():
     registry = CollectorRegistry()
     hits = Counter("atoll_tier_hits", "h", ["bucket"], registry=registry)
     misses = Counter("atoll_tier_misses", "m", ["bucket"], registry=registry)
-    degraded = Counter("atoll_writethrough_degraded", "d", ["bucket"], registry=registry)
+    degraded = Counter("atoll_writethrough_degraded_writes", "d", ["bucket"], registry=registry)
     Counter("atoll_other", "o", ["bucket"], registry=registry).labels("a").inc(7)
     hits.labels("a").inc(3)
     misses.labels("a").inc()

@@ -8,7 +8,7 @@
   breaker is open, refusals are immediate (< 1 s); the write that finds the link down waits at most until the
   partition is detected, or, for a single-request upload, its first-byte time plus its size at 256 KiB/s.
 * ``writeback``: the same writes are acknowledged (journaled like write-back), counted in
-  ``atoll_writethrough_degraded_total{bucket}``, and drained after the heal: the cold store then holds every one
+  ``atoll_writethrough_degraded_writes_total{bucket}``, and drained after the heal: the cold store then holds every one
   byte-exact, and again no half-finished upload.
 
 In both, a large PUT is under way (its upload half sent over a slowed link) when the cold store is black-holed,
@@ -58,7 +58,7 @@ def degraded_count(server, bucket: str) -> float:
     request = urllib.request.Request(f"{server.admin_endpoint}/metrics",
                                      headers={"Authorization": f"Bearer {server.admin_token}"})
     text = urllib.request.urlopen(request, timeout=10).read().decode()
-    found = re.search(rf'^atoll_writethrough_degraded_total{{bucket="{re.escape(bucket)}"}} (\S+)$', text, re.M)
+    found = re.search(rf'^atoll_writethrough_degraded_writes_total{{bucket="{re.escape(bucket)}"}} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
 
