@@ -15,6 +15,8 @@ from atoll.http.server import BodyTooLarge, Request, Response
 MAX_BODY = 64 << 10
 # Where a body already read (to check a SigV4 signature over it) waits for the handler.
 BODY_STATE = "admin_body"
+# Where the parsed JSON body stays for the audit log (atoll.admin.audit picks the fields it may record).
+PARSED_BODY_STATE = "admin_json"
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> None:
@@ -55,6 +57,7 @@ async def json_body(request: Request, limit: int = MAX_BODY, required: bool = Tr
         raise ApiError(400, "InvalidJSON", "The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "InvalidJSON", "The request body must be a JSON object.")
+    request.state[PARSED_BODY_STATE] = body
     return body
 
 

@@ -25,6 +25,8 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import httptools
 
+from atoll.http.context import request_id as current_request_id
+
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; S3 allows 8 KiB of user metadata, AWS rejects heads > 16 KiB
 MAX_HEADERS = 200
 # Pause reading when this much body waits for the handler: 2 MiB keeps the 1 MiB pieces the ingest pipeline wants
@@ -380,11 +382,17 @@ class HttpConnection(asyncio.Protocol):
         which drives it on from where it stopped."""
         self._active = req
         coro = self._run(req)
+        # The request's id for log records (atoll.http.context): set in this callback's context while the handler
+        # runs eagerly, copied into the task's context if it suspends, and reset here either way (a few hundred ns).
+        token = current_request_id.set(req.id)
         try:
-            awaited = coro.send(None)
-        except StopIteration:
-            return
-        self._task = self.loop.create_task(_drive(coro, awaited))
+            try:
+                awaited = coro.send(None)
+            except StopIteration:
+                return
+            self._task = self.loop.create_task(_drive(coro, awaited))
+        finally:
+            current_request_id.reset(token)
 
     async def _run(self, req: Request) -> None:
         sent = 0

@@ -216,6 +216,22 @@ def test_status_of_a_data_dir_without_a_store_creates_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_step_7_adds_an_empty_audit_log_to_a_version_6_sqlite_file(tmp_path):
+    path = str(tmp_path / "meta.sqlite3")
+    conn = new_sqlite(path)
+    conn.execute("DROP TABLE audit")  # as Atoll of #9 left it
+    conn.execute("UPDATE schema_version SET version = 6")
+    conn.execute("INSERT INTO buckets (name, owner_id, created, region) VALUES ('kept', 'o', 1.0, 'r')")
+    assert migrations.upgrade_sqlite(conn) == (6, 7)
+    assert conn.execute("SELECT count(*) FROM audit").fetchone() == (0,)
+    assert conn.execute("SELECT name FROM buckets").fetchall() == [("kept",)]
+    ids = [conn.execute("INSERT INTO audit (time, actor, action, target, detail, outcome, request_id, node) VALUES "
+                        "(1.0, 'a', 'pin.add', 't', '{}', 'ok', 'r', 'n') RETURNING id").fetchone()[0]
+           for _ in range(3)]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    conn.close()
+
+
 # --- PostgreSQL ----------------------------------------------------------------------------------------------------
 
 def with_password(url: str, password: str = "s3cr3t-pw") -> str:
@@ -282,6 +298,25 @@ def test_pg_check_refuses_a_schema_behind_or_ahead_and_upgrade_catches_up():
     refused = atoll_db("upgrade", "--metadata", url, check=False)
     assert refused.returncode == 1 and "newer than this Atoll" in refused.stderr
     assert "Traceback" not in refused.stderr
+    cluster.drop(url)
+
+
+def test_pg_step_7_adds_an_empty_audit_log_to_a_version_6_database():
+    cluster = pgserver.cluster()
+    url = cluster.empty_database("audit")
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.transaction():  # as Atoll of #9 left it
+            for step in migrations.STEPS:
+                if step.postgres is not None and step.version <= 6:
+                    conn.execute(step.postgres)
+            conn.execute("INSERT INTO schema_version VALUES (6)")
+        assert conn.execute("SELECT to_regclass('audit')").fetchone() == (None,)
+        assert migrations.upgrade_postgres(conn) == (6, 7)
+        assert conn.execute("SELECT count(*) FROM audit").fetchone() == (0,)
+        ids = [conn.execute("INSERT INTO audit (time, actor, action, target, detail, outcome, request_id, node) "
+                            "VALUES (1.0, 'a', 'pin.add', 't', '{}', 'ok', 'r', 'n') RETURNING id").fetchone()[0]
+               for _ in range(3)]
+        assert ids == sorted(ids) and len(set(ids)) == 3
     cluster.drop(url)
 
 

@@ -512,3 +512,10 @@ class MetaStore(Protocol):
 
     async def release_drain_claims(self, owner: str) -> int:
         """Make the entries claimed by ``owner`` (known dead) due again now; returns how many."""
+
+    # the audit log (#10, atoll.stores.meta.sql_audit): operator actions, cluster-wide, append-only
+    async def record_audit(self, entry: "AuditEntry") -> int:
+        """Append one entry (its ``id`` is ignored); returns the id it got. Ids only grow."""
+
+    async def list_audit(self, limit: int = 100, before: int | None = None) -> "list[AuditEntry]":
+        """Up to ``limit`` entries (1..1000), newest (highest id) first; with ``before``, only ids below it."""

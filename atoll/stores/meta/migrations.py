@@ -376,6 +376,20 @@ def _sqlite_v6(conn: sqlite3.Connection) -> None:
     pass
 
 
+# Version 7: the audit log (#10): operator actions through the admin API, cluster-wide. ``id INTEGER PRIMARY KEY`` is
+# the rowid (no AUTOINCREMENT: rows are never deleted, so max + 1 never reuses an id).
+_SQLITE_V7 = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+    detail TEXT NOT NULL, outcome TEXT NOT NULL, request_id TEXT NOT NULL, node TEXT NOT NULL
+);
+"""
+
+
+def _sqlite_v7(conn: sqlite3.Connection) -> None:
+    _script(conn, _SQLITE_V7)
+
+
 # --- the steps -----------------------------------------------------------------------------------------------------
 
 PG_BASELINE = 3  # PostgreSQL databases start here: their first step creates everything up to it at once
@@ -388,6 +402,7 @@ STEPS: tuple[Step, ...] = (
     Step(4, "cluster: nodes and cluster leases", _sqlite_v4, pg_schema.V4_CLUSTER),
     Step(5, "cluster: owners of drain claims", _sqlite_v5, _PG_V5),
     Step(6, "PostgreSQL: counters applied at commit in one lock order", _sqlite_v6, pg_schema.V6_DEFERRED_COUNTS),
+    Step(7, "audit log of operator actions", _sqlite_v7, pg_schema.V7_AUDIT),
 )
 LATEST = STEPS[-1].version
 

@@ -38,6 +38,7 @@ from atoll.core.models import (RESIDENCY_NAMES, Block, Bucket, BucketProperties,
                                ROOT_TENANT, SegmentInfo, Tenant, Upload)
 from atoll.stores.meta import sql_segments, sql_usage, sql_warm
 from atoll.stores.meta.base import WriteCondition
+from atoll.stores.meta.sql_audit import AuditMethods
 from atoll.stores.meta.sql_cluster import ClusterMethods
 from atoll.stores.meta.sql_rows import (BLOCK_COLUMNS, BUCKET_COLUMNS, BUCKET_PROPERTY_COLUMNS, COPY_COLUMNS,
                                         DRAIN_COLUMNS, GROUP_COLUMNS, IDENTITY_COLUMNS, JOB_COLUMNS, LEASE_COLUMNS,
@@ -56,7 +57,7 @@ _DRAIN_BUCKETS = ("WITH RECURSIVE b(name) AS (SELECT min(bucket) FROM drain UNIO
 _SELECT_OBJECT = f"SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?"
 
 
-class SqlMetaStore(ClusterMethods):
+class SqlMetaStore(ClusterMethods, AuditMethods):
     """See ``atoll.stores.meta.base.MetaStore`` for the contract of every method."""
 
     SKIP_LOCKED = ""
