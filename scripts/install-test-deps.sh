@@ -6,6 +6,9 @@ bash "$here/apt-install.sh" rclone curl strace
 # PostgreSQL (the metadata engine of several nodes; tests/pgserver.py runs throwaway clusters of it) and HAProxy (the
 # load balancer in front of the cluster tests' nodes), both from Debian.
 bash "$here/apt-install.sh" postgresql haproxy
+# Chromium for the dashboard's browser tests (tests/dashboard/), driven by Playwright for Python with this system
+# browser (never `playwright install`: no browser download), and a font so that screenshots show legible text.
+bash "$here/apt-install.sh" chromium fonts-dejavu-core
 # initdb refuses to run as root: as root, tests/pgserver.py runs PostgreSQL as this unprivileged user.
 if [ "$(id -u)" = 0 ] && ! id atoll-test >/dev/null 2>&1; then
   useradd --system --no-create-home --shell /usr/sbin/nologin atoll-test

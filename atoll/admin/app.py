@@ -1,8 +1,9 @@
 """The admin HTTP application (``atoll.http.server.App``): a small JSON API and ``/metrics``.
 
-Every request carries ``Authorization: Bearer <token>`` (see atoll.admin.token), or is signed with SigV4 by an
-operator identity (atoll.admin.signin); the check comes before routing, so an unauthenticated client learns
-nothing about the routes. Answers are JSON; every client mistake
+Every request carries ``Authorization: Bearer <token>`` (see atoll.admin.token), is signed with SigV4 by an
+operator identity (atoll.admin.signin), or carries a dashboard session cookie (atoll.admin.dashboard: the web
+pages on this port, which check their own sessions); the check comes before routing, so an unauthenticated
+client learns nothing about the routes. Answers are JSON; every client mistake
 is a 4xx ``{"error": {"code", "message"}}`` and never echoes a secret. Operator actions go through
 ``atoll.core.tiering.admin``, the same functions the CLI calls.
 
@@ -17,7 +18,10 @@ is a 4xx ``{"error": {"code", "message"}}`` and never echoes a secret. Operator 
     GET    /api/v1/jobs/{id}
     DELETE /api/v1/jobs/{id}                 cancel
     POST   /api/v1/drain/pause | /api/v1/drain/resume
+    POST   /api/v1/buckets/{bucket}/pins     {prefix, seconds?}; DELETE ...?prefix=P: see atoll.admin.pins
+    GET    /api/v1/audit                     ?limit=N&before=ID: the audit log, see atoll.admin.audit
     ...    /api/v1/tenants, /api/v1/buckets/{bucket}/quota|qos, /api/v1/usage: see atoll.admin.governance
+    GET    /api/v1/dashboard, /api/v1/dashboard/history?since=   the dashboard's data: atoll.admin.dashboard
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from urllib.parse import parse_qs, unquote
 
 from atoll import __version__, errors
 from atoll.admin import exporter, status
+from atoll.admin.audit import AuditTrail
+from atoll.admin.dashboard import Dashboard, DashboardSettings
 from atoll.admin.governance import GovernanceApi
 from atoll.admin.jsonapi import (MAX_BODY, ApiError, boolean_field, error_response, json_body, json_response,
                                  number_field, string_field, string_map_field, strings_field, unknown_fields)
+from atoll.admin.pins import PinApi
 from atoll.admin.signin import is_signed, signed_operator
 from atoll.admin.token import token_matches
 from atoll.core.ingest import run_io
@@ -61,7 +68,8 @@ def _core_error_status(exc: errors.AtollError) -> int:
 # the application --------------------------------------------------------------------------------------------
 class AdminApp:
     def __init__(self, ns: Namespace, token: str, *, started: float, workers: int = 1,
-                 access_log: AccessLog | None = None, peers_dir: str | None = None) -> None:
+                 access_log: AccessLog | None = None, peers_dir: str | None = None,
+                 dashboard: DashboardSettings | None = None) -> None:
         if ns.tier is None:
             raise ValueError("the admin API needs a namespace with tiering")
         self.ns = ns
@@ -71,6 +79,9 @@ class AdminApp:
         self.workers = workers
         self.access_log = access_log
         self.peers_dir = peers_dir  # where the other workers publish their cold-endpoint health
+        self.governance = GovernanceApi(ns, started)
+        self.dashboard = Dashboard(self, token, dashboard)
+        self.audit = AuditTrail(ns.meta)  # every mutating request leaves an entry (atoll.admin.audit)
         bucket = r"(?P<bucket>[^/]+)"
         self._routes: list[tuple[re.Pattern, str, dict[str, Handler]]] = [
             (re.compile(r"/metrics"), "metrics", {"GET": self.metrics}),
@@ -82,26 +93,48 @@ class AdminApp:
             (re.compile(r"/api/v1/jobs/(?P<job_id>[^/]+)"), "job", {"GET": self.get_job,
                                                                      "DELETE": self.cancel_job}),
             (re.compile(r"/api/v1/drain/(?P<action>pause|resume)"), "drain", {"POST": self.drain}),
-            *GovernanceApi(ns, started).routes(),
+            *PinApi(self.tier).routes(),
+            *self.audit.routes(),
+            *self.governance.routes(),
+            *self.dashboard.api_routes(),
         ]
 
     # http.App ---------------------------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
         try:
-            authorization = request.headers.get("authorization")
-            if is_signed(authorization):
-                limit = MAX_JOB_BODY if request.raw_path.startswith("/api/v1/jobs") else MAX_BODY
-                await signed_operator(request, self.ns, limit)
-            elif not token_matches(self._token, authorization):
-                raise ApiError(401, "Unauthorized", "Send the admin token as 'Authorization: Bearer <token>'.",
-                               [("WWW-Authenticate", 'Bearer realm="atoll-admin"')])
-            handler, params = self._route(request)
-            return await handler(request, params)
+            if self.dashboard.serves(request.raw_path):  # pages check their session themselves
+                return await self.dashboard.handle_page(request)
+            await self._authenticate(request)
+            response = await self.audit.call(request, self._route)
+            if request.method != "GET":
+                self.dashboard.data.forget()
+            return response
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, exc.headers)
         except errors.AtollError as exc:
             retry = [("Retry-After", str(exc.retry_after))] if isinstance(exc, errors.Unavailable) else []
             return error_response(_core_error_status(exc), type(exc).__name__, exc.message, retry)
+
+    async def _authenticate(self, request: Request) -> None:
+        """Let in an operator's SigV4 signature, the bearer token, or a dashboard session (whose non-GET requests
+        must carry its CSRF value); sets ``request.state["actor"]``. ApiError 401 (403 for a failed CSRF check or
+        a signer who is no operator) otherwise."""
+        authorization = request.headers.get("authorization")
+        if is_signed(authorization):
+            limit = MAX_JOB_BODY if request.raw_path.startswith("/api/v1/jobs") else MAX_BODY
+            request.state["actor"] = (await signed_operator(request, self.ns, limit)).access_key
+            return
+        if token_matches(self._token, authorization):
+            request.state["actor"] = "admin-token"
+            return
+        session = await self.dashboard.session_of(request) if authorization is None else None
+        if session is None:
+            raise ApiError(401, "Unauthorized", "Send the admin token as 'Authorization: Bearer <token>'.",
+                           [("WWW-Authenticate", 'Bearer realm="atoll-admin"')])
+        self.dashboard.require_csrf(request, session)
+        request.state["actor"] = session.actor
+        if session.actor != "admin-token":
+            request.state["access_key"] = session.actor
 
     def protocol_error(self, request: Request | None, status: int, code: str, message: str) -> Response:
         return error_response(status, code, message)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from typing import Any, Optional
 
@@ -95,8 +94,12 @@ def serve(
     from atoll.server.lifecycle import StartupError, ensure_malloc_env, serve as run
 
     ensure_malloc_env()
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from atoll.server.logsetup import configure as configure_logging
+
+    try:
+        configure_logging(config)  # the event log; the workers forked later inherit it
+    except OSError as exc:
+        _fail(f"cannot open the event log {config.event_log}: {exc.strerror}")
     try:
         run(config)
     except StartupError as exc:
@@ -453,3 +456,6 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 from atoll.cli import usage as _usage  # noqa: E402,F401 - atoll usage
+from atoll.cli import audit as _audit  # noqa: E402,F401 - atoll audit
+from atoll.cli import config as _config_cli  # noqa: E402 - atoll config
+app.add_typer(_config_cli.app, name="config")

@@ -209,14 +209,18 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
         admin_server = None
         if admin is not None and slot == 0:
             from atoll.admin.app import AdminApp
+            from atoll.admin.dashboard import DashboardSettings
 
             admin_app = AdminApp(ns, admin.token, started=admin.started, workers=config.workers,
                                  access_log=access_log,
                                  peers_dir=health_dir(config.data_dir, config.node_name)
-                                 if config.workers > 1 else None)
+                                 if config.workers > 1 else None,
+                                 dashboard=DashboardSettings(config.dashboard_sample_interval,
+                                                             config.dashboard_history, config.dashboard_session_ttl))
             admin_server = HttpServer(admin_app, loop, timeouts,
                                       on_exception=lambda req: log.exception("admin request %s failed", req.id))
             await admin_server.listen(admin.sock)
+            admin_app.dashboard.start()
         if slot == 0:  # one heartbeat per node: its primary worker's
             view.info = lambda: node_info(config, ns, [s for s in (server, blob_server) if s is not None])
             view.start_heartbeat()
@@ -241,6 +245,7 @@ def run_worker(config: Config, sock: socket.socket, slot: int = 0, admin: AdminL
             await server.stop(config.shutdown_grace)
         if admin_server is not None:
             await admin_server.stop(1.0)
+            await admin_app.dashboard.stop()
         if publisher is not None:
             await publisher.stop()
         if reclaim is not None:
