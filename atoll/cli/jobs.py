@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from atoll.cli.auditing import audited
 from atoll.cli.main import ConfigOpt, DataDirOpt, _config, _fail, _with_store, app, console, err
 from atoll.cli.status import human_age, human_bytes
 from atoll.config import Config
@@ -233,8 +234,11 @@ def stage(
     config = _config(config_file, data_dir=data_dir)
 
     async def run(ns):
+        detail = {"kind": "stage", "prefix": prefix, "pin": spec["pin"], "pin_seconds": pin_for,
+                  "priority": priority, **({"key_count": len(keys)} if keys is not None else {})}
         try:
-            return await admin.create_job(ns.tier, "stage", bucket, spec, priority), None
+            async with audited(ns.meta, "job.create", f"{bucket}/{prefix}" if prefix else bucket, detail):
+                return await admin.create_job(ns.tier, "stage", bucket, spec, priority), None
         except errors.AtollError as exc:
             return None, exc.message
 
@@ -277,8 +281,10 @@ def pin(
     config = _config(config_file, data_dir=data_dir)
 
     async def run(ns):
+        action, detail = ("pin.remove", {}) if remove else ("pin.add", {"seconds": pin_for})
         try:
-            return await admin.pin_prefix(ns.tier, bucket, prefix, until), None
+            async with audited(ns.meta, action, f"{bucket}/{prefix}" if prefix else bucket, detail):
+                return await admin.pin_prefix(ns.tier, bucket, prefix, until), None
         except errors.AtollError as exc:
             return None, exc.message
 
@@ -368,7 +374,8 @@ def jobs_cancel(job_id: str, config_file: Optional[str] = ConfigOpt, data_dir: O
         if job is not None and job.state in FINAL_STATES:
             return job.state, False, None
         try:
-            return await admin.cancel_job(ns.tier, job_id), True, None
+            async with audited(ns.meta, "job.cancel", job_id):
+                return await admin.cancel_job(ns.tier, job_id), True, None
         except errors.AtollError as exc:
             return None, False, exc.message
 

@@ -11,9 +11,11 @@ from atoll.config import Config
 from atoll.core.models import Limits
 
 
-def change_limits(config: Config, tenant: str, bucket: Optional[str], changes: dict) -> Limits:
+def change_limits(config: Config, tenant: str, bucket: Optional[str], changes: dict, action: str) -> Limits:
     """Apply ``changes`` (Limits field -> value) to the tenant, or to ``bucket`` when given (it must be the
-    tenant's); returns the limits now in force there. Exits with a message when either does not exist."""
+    tenant's); returns the limits now in force there. Exits with a message when either does not exist. ``action``
+    names the audit entry (quota.set, qos.set)."""
+    from atoll.cli.auditing import audited
 
     async def run(ns):
         found = await ns.meta.get_tenant(tenant)
@@ -21,13 +23,15 @@ def change_limits(config: Config, tenant: str, bucket: Optional[str], changes: d
             return f"no tenant named {tenant}"
         if bucket is None:
             found.limits = dataclasses.replace(found.limits, **changes)
-            await ns.meta.put_tenant(found)
+            async with audited(ns.meta, action, tenant, changes):
+                await ns.meta.put_tenant(found)
             return found.limits
         target = await ns.meta.get_bucket(bucket)
         if target is None or target.tenant != tenant:
             return f"tenant {tenant} has no bucket named {bucket}"
         limits = dataclasses.replace(target.limits, **changes)
-        await ns.meta.set_bucket_limits(bucket, limits)
+        async with audited(ns.meta, action, bucket, changes):
+            await ns.meta.set_bucket_limits(bucket, limits)
         return limits
 
     result = _with_store(config, run)

@@ -140,9 +140,13 @@ def key_create(
     async def create(ns):
         from atoll.errors import InvalidArgument, InvalidBucketName, NoSuchTenant
 
+        from atoll.cli.auditing import audited
+
         try:
-            return await ns.create_identity(name, account_name=account or "", tenant=tenant, role=role,
-                                            scopes=scope)
+            async with audited(ns.meta, "key.create", tenant or "", {"name": name, "role": role, "scopes": scope,
+                                                                    "account": account}):
+                return await ns.create_identity(name, account_name=account or "", tenant=tenant, role=role,
+                                                scopes=scope)
         except NoSuchTenant:
             return f"--tenant: no tenant named {tenant} (create it with: atoll tenant create {tenant})"
         except InvalidBucketName:
@@ -201,7 +205,10 @@ def key_delete(access_key: str, config_file: Optional[str] = ConfigOpt, data_dir
             return "missing"
         if found.is_root:
             return "root"
-        await ns.meta.delete_identity(access_key)
+        from atoll.cli.auditing import audited
+
+        async with audited(ns.meta, "key.delete", access_key):
+            await ns.meta.delete_identity(access_key)
         return "ok"
 
     outcome = _with_store(config, run)
@@ -335,9 +342,16 @@ def bucket_link(
     config = _config(config_file, data_dir=data_dir)
 
     async def run(ns):
+        from atoll.cli.auditing import audited
+        from atoll.server.logsetup import redact
+
+        # Options by name only: their values may be keys, SAS tokens or passwords.
+        detail = {"url": redact(cold_url), "mode": mode, "revalidate": revalidate, "check": check,
+                  "options": sorted(o.split("=", 1)[0] for o in option)}
         try:
-            link = await admin.link_bucket(ns.tier, name, cold_url, mode, revalidate=revalidate,
-                                           options=admin.parse_options(option), check=check)
+            async with audited(ns.meta, "link.set", name, detail):
+                link = await admin.link_bucket(ns.tier, name, cold_url, mode, revalidate=revalidate,
+                                               options=admin.parse_options(option), check=check)
         except errors.AtollError as exc:
             return None, exc.message
         return link, None
@@ -358,8 +372,11 @@ def bucket_unlink(name: str, config_file: Optional[str] = ConfigOpt, data_dir: O
     config = _config(config_file, data_dir=data_dir)
 
     async def run(ns):
+        from atoll.cli.auditing import audited
+
         try:
-            return await admin.unlink_bucket(ns.tier, name), None
+            async with audited(ns.meta, "link.remove", name):
+                return await admin.unlink_bucket(ns.tier, name), None
         except errors.AtollError as exc:
             return False, exc.message
 
@@ -385,8 +402,11 @@ def bucket_group(
     config = _config(config_file, data_dir=data_dir)
 
     async def run(ns):
+        from atoll.cli.auditing import audited
+
         try:
-            return await admin.add_group(ns.tier, name, prefix, marker), None
+            async with audited(ns.meta, "group.add", f"{name}/{prefix}", {"prefix": prefix, "markers": marker}):
+                return await admin.add_group(ns.tier, name, prefix, marker), None
         except errors.AtollError as exc:
             return None, exc.message
 

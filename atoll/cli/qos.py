@@ -97,7 +97,7 @@ def qos_set(
         _fail("nothing to set: give --requests-per-second, --request-burst, --bytes-per-second or --bytes-burst")
     config = _config(config_file, data_dir=data_dir)
 
-    result = change_limits(config, tenant, bucket, changes)
+    result = change_limits(config, tenant, bucket, changes, "qos.set")
     scope = f"bucket {bucket} of tenant {tenant}" if bucket else f"tenant {tenant}"
     console.print(f"rate limits of {scope}: {_describe(result)}", highlight=False)
 

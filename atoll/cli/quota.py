@@ -73,7 +73,7 @@ def quota_set(
         _fail("nothing to set: give --max-bytes or --max-objects")
     config = _config(config_file, data_dir=data_dir)
 
-    result = change_limits(config, tenant, bucket, changes)
+    result = change_limits(config, tenant, bucket, changes, "quota.set")
     scope = f"bucket {bucket} of tenant {tenant}" if bucket else f"tenant {tenant}"
     console.print(f"quota of {scope}: {_describe(result.max_bytes, result.max_objects)}", highlight=False)
 

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Column, Table
 
+from atoll.cli.auditing import audited
 from atoll.cli.main import ConfigOpt, DataDirOpt, _config, _with_store, app, console
 from atoll.config import Config
 
@@ -295,7 +296,8 @@ def _set_drain_paused(config: Config, paused: bool) -> dict:
     async def run(ns):
         from atoll.admin import status
 
-        await ns.meta.set_flag("drain_paused", int(paused))
+        async with audited(ns.meta, "drain.pause" if paused else "drain.resume", "drain"):
+            await ns.meta.set_flag("drain_paused", int(paused))
         return await status.drain_status(ns.tier)
 
     return _with_store(config, run)

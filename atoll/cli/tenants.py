@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from atoll.cli.auditing import audited
 from atoll.cli.main import ConfigOpt, DataDirOpt, _config, _fail, _with_store, console
 from atoll.cli.units import format_size, parse_size
 
@@ -55,6 +56,10 @@ def _record(tenant) -> dict:
             "warm_cap": tenant.warm_cap, "wan_weight": tenant.wan_weight, "limits": dataclasses.asdict(tenant.limits)}
 
 
+def _audit_detail(tenant) -> dict:
+    return {"warm_reserved": tenant.warm_reserved, "warm_cap": tenant.warm_cap, "wan_weight": tenant.wan_weight}
+
+
 @app.command("create")
 def tenant_create(name: str, warm_reserved: Optional[str] = WarmReservedOpt, warm_cap: Optional[str] = WarmCapOpt,
                   wan_weight: Optional[float] = WanWeightOpt, config_file: Optional[str] = ConfigOpt,
@@ -76,7 +81,8 @@ def tenant_create(name: str, warm_reserved: Optional[str] = WarmReservedOpt, war
     async def run(ns):
         if await ns.meta.get_tenant(name) is not None:
             return f"tenant {name} already exists (change it with: atoll tenant set {name} ...)"
-        await ns.meta.put_tenant(tenant)
+        async with audited(ns.meta, "tenant.create", name, _audit_detail(tenant)):
+            await ns.meta.put_tenant(tenant)
         return None
 
     problem = _with_store(config, run)
@@ -102,7 +108,8 @@ def tenant_set(name: str, warm_reserved: Optional[str] = WarmReservedOpt, warm_c
         changed = _settings(tenant, given)
         if isinstance(changed, str):
             return changed
-        await ns.meta.put_tenant(changed)
+        async with audited(ns.meta, "tenant.update", name, _audit_detail(changed)):
+            await ns.meta.put_tenant(changed)
         return None
 
     problem = _with_store(config, run)
@@ -182,7 +189,8 @@ def tenant_delete(name: str, config_file: Optional[str] = ConfigOpt, data_dir: O
 
     async def run(ns):
         try:
-            await ns.meta.delete_tenant(name)
+            async with audited(ns.meta, "tenant.delete", name):
+                await ns.meta.delete_tenant(name)
         except errors.NoSuchTenant:
             return f"no tenant named {name}"
         except errors.TenantNotEmpty:

@@ -241,3 +241,40 @@ def test_an_entry_that_cannot_be_written_is_logged_and_the_action_stands(workdir
         assert [e["action"] for e in entries(proc, limit=5)] == ["drain.resume"]
     finally:
         stop_cleanly(proc)
+
+
+def test_cli_actions_leave_entries_named_after_the_unix_user(server, moto_s3, s3_cold_bucket):
+    """The CLI changes the metadata store itself, not through the admin API: it records its own entries, refused
+    ones included, and keeps link option values (secrets) out of them."""
+    import pwd
+
+    actor = f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
+    before = entries(server, limit=1)[0]["id"]
+    tenant = fresh_name("clit")
+    bucket = fresh_name("clib")
+    server.cli("tenant", "create", tenant, "--wan-weight", "3")
+    server.cli("quota", "set", tenant, "--max-objects", "100")
+    server.cli("drain", "pause")
+    server.cli("drain", "resume")
+    server.client().create_bucket(Bucket=bucket)
+    cold_secret = "cold-" + secrets.token_urlsafe(24)
+    server.cli("bucket", "link", bucket, f"s3://{s3_cold_bucket}/cli", "--mode", "writeback", "--no-check",
+               "-o", f"endpoint={moto_s3.endpoint}", "-o", "access_key_id=AKCOLD", "-o",
+               f"secret_access_key={cold_secret}", "-o", f"region={moto_s3.region}")
+    server.cli("pin", bucket, "--prefix", "hot/", "--for", "60")
+    refused = server.cli("tenant", "delete", "root", check=False)
+    assert refused.returncode != 0
+
+    found = [e for e in entries(server, limit=50) if e["id"] > before]
+    assert all(e["actor"] == actor and e["request_id"] == "" for e in found), found
+    by_action = {e["action"]: e for e in reversed(found)}
+    assert {"tenant.create", "quota.set", "drain.pause", "drain.resume", "link.set", "pin.add",
+            "tenant.delete"} <= set(by_action), [e["action"] for e in found]
+    assert by_action["tenant.create"]["target"] == tenant and by_action["tenant.create"]["detail"]["wan_weight"] == 3
+    assert by_action["quota.set"]["detail"] == {"max_objects": 100}
+    assert by_action["pin.add"]["target"] == f"{bucket}/hot/" and by_action["pin.add"]["outcome"] == "ok"
+    assert by_action["tenant.delete"]["outcome"] == "InvalidRequest"  # the root tenant stays
+    link = by_action["link.set"]
+    assert link["outcome"] == "ok" and link["detail"]["mode"] == "writeback"
+    assert link["detail"]["options"] == ["access_key_id", "endpoint", "region", "secret_access_key"]
+    assert cold_secret not in json.dumps(found) + json.dumps(meta_query(server, "SELECT * FROM audit"))

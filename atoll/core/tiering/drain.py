@@ -93,6 +93,9 @@ class Drainer:
                     await self._sleep(_IDLE_POLL)
             except asyncio.CancelledError:
                 raise
+            except errors.Unavailable as exc:  # the metadata store is out of space (or busy): next round
+                log.warning("drain round postponed: %s", exc.message)
+                await asyncio.sleep(1.0)
             except Exception:  # noqa: BLE001 - the loop must outlive any one failure
                 log.exception("drain loop failed; retrying")
                 await asyncio.sleep(1.0)

@@ -225,6 +225,15 @@
     for (var step = 1; step < 1024; step *= 2) { BINARY_INCRS.push(step * Math.pow(1024, power)); }
   }
 
+  // Time ticks as HH:MM:SS on one line: uPlot's default two-line date labels collide on narrow charts.
+  function clockTicks(u, splits) {
+    return splits.map(function (t) {
+      var d = new Date(t * 1000);
+      return [d.getHours(), d.getMinutes(), d.getSeconds()].map(function (n) { return n < 10 ? "0" + n : "" + n; })
+        .join(":");
+    });
+  }
+
   function makePlot(spec, keys, data) {
     var unit = spec.unit;
     var binary = unit === "bytes" || unit === "rate";
@@ -232,7 +241,7 @@
       width: Math.max(spec.el.clientWidth, 200), height: 200,
       scales: {x: {time: true}, y: unit === "state" ? {range: [0, 2]} : unit === "percent" ? {range: [0, 1]} : {
         range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; }}},
-      axes: [{stroke: "#5f6b7a", grid: {stroke: "#eef0f3"}},
+      axes: [{stroke: "#5f6b7a", grid: {stroke: "#eef0f3"}, values: clockTicks},
         {stroke: "#5f6b7a", grid: {stroke: "#eef0f3"}, size: unit === "state" ? 90 : 96, values: axisValue(unit),
           splits: unit === "state" ? function () { return [0, 1, 2]; } : undefined,
           incrs: binary ? BINARY_INCRS : undefined}],
