@@ -8,7 +8,7 @@ from __future__ import annotations
 import tomllib
 from typing import Any, Mapping
 
-from atoll.config import SETTINGS, Config, Setting
+from atoll.config import SETTINGS, Config, Setting, _dig
 from atoll.stores.meta.dsn import redact
 
 _KINDS = {str: "string", int: "integer", float: "number", tuple: "list of strings"}
@@ -116,15 +116,6 @@ def reference_markdown() -> str:
 
 
 # atoll config show ------------------------------------------------------------------------------------------------
-
-def _dig(table: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = table
-    for part in path:
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
 
 def _shown(setting: Setting, value: Any) -> Any:
     """The value as JSON can carry it, with a metadata URL's password masked."""
