@@ -365,10 +365,16 @@ class ColdStore:
     async def _chunks(self, stream: Any, traffic: Traffic) -> AsyncIterator[bytes]:
         handle = _StreamHandle(stream)
         del stream
+        guarded = self._guarded_chunks(handle, traffic)
         try:
-            async for chunk in self._guarded_chunks(handle, traffic):
+            async for chunk in guarded:
                 yield chunk
         finally:
+            # Closed here, in order, rather than left to the garbage collector: a reader that stops early would
+            # otherwise leave the transfer (its class slot, its watchdog entry) to be finalized together with
+            # the context manager's own generator, in either order, and an athrow into an already finalized
+            # generator fails with "generator didn't stop after athrow()".
+            await guarded.aclose()
             handle.close()
 
     async def _guarded_chunks(self, handle: "_StreamHandle", traffic: Traffic) -> AsyncIterator[bytes]:
