@@ -330,6 +330,8 @@ def serve(config: Config) -> None:
                   flush=True)
         print(f"Admin API and /metrics on http://{config.admin_address} (bearer token: ATOLL_ADMIN_TOKEN or "
               f"{token_path(config)})", flush=True)
+        print(f"Dashboard on http://{config.admin_address}/ (sign in with an operator's access key and secret key, "
+              "or the admin token)", flush=True)
     # Before any worker can write a blob; kept if leftovers could not be reclaimed, so the next start retries.
     try:
         runstate.begin(config.data_dir, started if unreclaimed_since is None else min(started, unreclaimed_since),
