@@ -69,6 +69,11 @@ def site(workdir, moto_s3):
             s3.put_object(Bucket=bucket, Key=f"ckpt/{n}.bin", Body=os.urandom(20_000 + n))
         wait_until(lambda: admin_call(server, "GET", "/api/v1/status")["cold_endpoints"][0]["state"]
                    == "partitioned", 30, "the breaker to open")
+        # The charts' samples are taken every SAMPLE_INTERVAL: the newest one may predate the breaker opening.
+        opened = time.time()
+        wait_until(lambda: any(sample["time"] > opened for sample in
+                               admin_call(server, "GET", "/api/v1/dashboard/history")["samples"]),
+                   10, "a history sample taken during the partition")
         yield Site(server, bucket, 5)
         stop_cleanly(server)
     finally:
