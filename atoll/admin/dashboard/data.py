@@ -11,10 +11,9 @@ interval.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from atoll import __version__, errors
 from atoll.admin import status
@@ -33,22 +32,6 @@ DOCUMENT_TTL = 1.0  # seconds a built document is reused
 RECENT_JOBS = 20  # finished jobs shown besides the active ones
 MAX_ACTIVE_JOBS = 200
 AUDIT_ENTRIES = 50
-AUDIT_FIELDS = ("id", "time", "actor", "action", "target", "detail", "outcome", "request_id", "node")
-
-
-class _InternalGet:
-    """A GET of the admin API made by the dashboard itself (for H3's audit route, reached through its route
-    table rather than its internals)."""
-
-    method = "GET"
-
-    def __init__(self, path: str, query: str, actor: str) -> None:
-        self.raw_path = path
-        self.raw_query = query
-        self.headers: dict[str, str] = {}
-        self.state: dict[str, Any] = {"actor": actor}
-        self.client = None
-        self.id = "dashboard"
 
 
 def job_entry(view: dict) -> dict:
@@ -243,22 +226,11 @@ class DashboardData:
                 "jobs": len(view["jobs"]), "connections": view["info"].get("connections")}
 
     async def _audit(self) -> dict:
-        """The newest audit entries through ``GET /api/v1/audit`` (issue 10's audit log), if the route exists."""
-        app = self.app
-        request = _InternalGet("/api/v1/audit", f"limit={AUDIT_ENTRIES}", "dashboard")
-        for pattern, _, methods in app._routes:
-            if pattern.fullmatch(request.raw_path) and "GET" in methods:
-                break
-        else:
-            return {"available": False, "entries": []}
+        """The newest entries of the audit log (atoll.admin.audit), as ``GET /api/v1/audit`` shows them."""
         try:
-            response = await methods["GET"](request, {})
-            entries = json.loads(response.body)["entries"] if response.status == 200 else None
-        except (errors.AtollError, ValueError, KeyError, TypeError) as exc:
+            entries = await self.app.tier.meta.list_audit(AUDIT_ENTRIES)
+        except errors.AtollError as exc:
             log.warning("dashboard: reading the audit log failed: %s", type(exc).__name__)
-            entries = None
-        if not isinstance(entries, list):
             return {"available": False, "entries": []}
-        return {"available": True, "entries": [{name: entry.get(name) for name in AUDIT_FIELDS}
-                                               for entry in entries if isinstance(entry, dict)]}
+        return {"available": True, "entries": [entry.view() for entry in entries]}
 
